@@ -1,0 +1,105 @@
+// arg_checks.cpp -- see arg_checks.h.
+#include "arg_checks.h"
+
+#include <c10/util/Exception.h>
+
+#include <vector>
+
+namespace lstm_ext {
+namespace {
+
+bool dtype_supported(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+    case at::kDouble:
+      return true;
+    case at::kHalf:
+    case at::kBFloat16:
+      return t.is_cuda();
+    default:
+      return false;
+  }
+}
+
+void check_defined(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " must be a tensor, got None");
+}
+
+void check_shape(const char* op, const char* name, const at::Tensor& t, std::vector<int64_t> expected,
+                 const char* meaning) {
+  check_defined(op, name, t);
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(expected), op, ": ", name, " must have shape ", meaning, " = ",
+              at::IntArrayRef(expected), ", got ", t.sizes());
+}
+
+// Every tensor of an op shares the dtype and device of `input`.
+void check_like_input(const char* op, const at::Tensor& input, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name, " must have the dtype of input (",
+              input.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == input.device(), op, ": ", name, " must be on the device of input (",
+              input.device(), "), got ", t.device());
+}
+
+}  // namespace
+
+LayerSizes check_layer_forward_args(const char* op, const at::Tensor& input, const at::Tensor& weight_ih,
+                                    const at::Tensor& weight_hh, const at::Tensor& bias_ih,
+                                    const at::Tensor& bias_hh, const at::Tensor& h0, const at::Tensor& c0) {
+  check_defined(op, "input", input);
+  TORCH_CHECK(input.dim() == 3, op, ": input must be 3-D [seq_len, batch, input_size], got ", input.dim(),
+              "-D with shape ", input.sizes());
+  TORCH_CHECK(dtype_supported(input), op, ": input must be float32 or float64",
+              " (float16 and bfloat16 on CUDA), got ", input.scalar_type(), " on ", input.device());
+  check_defined(op, "weight_hh", weight_hh);
+  TORCH_CHECK(weight_hh.dim() == 2 && weight_hh.size(0) == 4 * weight_hh.size(1), op,
+              ": weight_hh must have shape [4*hidden_size, hidden_size], got ", weight_hh.sizes());
+  const LayerSizes s{input.size(0), input.size(1), input.size(2), weight_hh.size(1)};
+
+  check_shape(op, "weight_ih", weight_ih, {4 * s.H, s.I}, "[4*hidden_size, input_size]");
+  TORCH_CHECK(bias_ih.defined() == bias_hh.defined(), op,
+              ": bias_ih and bias_hh must both be given or both be None, got ",
+              bias_ih.defined() ? "bias_ih only" : "bias_hh only");
+  if (bias_ih.defined()) {
+    check_shape(op, "bias_ih", bias_ih, {4 * s.H}, "[4*hidden_size]");
+    check_shape(op, "bias_hh", bias_hh, {4 * s.H}, "[4*hidden_size]");
+  }
+  check_shape(op, "h0", h0, {s.B, s.H}, "[batch, hidden_size]");
+  check_shape(op, "c0", c0, {s.B, s.H}, "[batch, hidden_size]");
+
+  check_like_input(op, input, "weight_ih", weight_ih);
+  check_like_input(op, input, "weight_hh", weight_hh);
+  if (bias_ih.defined()) {
+    check_like_input(op, input, "bias_ih", bias_ih);
+    check_like_input(op, input, "bias_hh", bias_hh);
+  }
+  check_like_input(op, input, "h0", h0);
+  check_like_input(op, input, "c0", c0);
+  return s;
+}
+
+LayerSizes check_layer_backward_args(const char* op, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                                     const at::Tensor& grad_c_n, const at::Tensor& input,
+                                     const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& output,
+                                     const at::Tensor& gates, const at::Tensor& cells) {
+  const LayerSizes s =
+      check_layer_forward_args(op, input, weight_ih, weight_hh, at::Tensor(), at::Tensor(), h0, c0);
+  check_shape(op, "grad_output", grad_output, {s.T, s.B, s.H}, "[seq_len, batch, hidden_size]");
+  check_shape(op, "grad_h_n", grad_h_n, {s.B, s.H}, "[batch, hidden_size]");
+  check_shape(op, "grad_c_n", grad_c_n, {s.B, s.H}, "[batch, hidden_size]");
+  check_shape(op, "output", output, {s.T, s.B, s.H}, "[seq_len, batch, hidden_size]");
+  check_defined(op, "gates", gates);
+  TORCH_CHECK(!(gates.numel() == 0 && s.T * s.B * s.H > 0), op,
+              ": gates is empty: the forward ran with training=False and kept nothing for the backward");
+  check_shape(op, "gates", gates, {s.T, s.B, 4 * s.H}, "[seq_len, batch, 4*hidden_size]");
+  check_shape(op, "cells", cells, {s.T, s.B, s.H}, "[seq_len, batch, hidden_size]");
+  check_like_input(op, input, "grad_output", grad_output);
+  check_like_input(op, input, "grad_h_n", grad_h_n);
+  check_like_input(op, input, "grad_c_n", grad_c_n);
+  check_like_input(op, input, "output", output);
+  check_like_input(op, input, "gates", gates);
+  check_like_input(op, input, "cells", cells);
+  return s;
+}
+
+}  // namespace lstm_ext

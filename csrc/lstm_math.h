@@ -1,0 +1,101 @@
+// lstm_math.h -- the LSTM gate math, the one copy used by every backend: the CPU loop (scalar and
+// at::vec::Vectorized), the CUDA kernels and their emulated launch on the CPU.
+//
+// Gate order is nn.LSTM's: i, f, g, o. Everything is a template over the compute type T so that a
+// backend can run it on a SIMD vector type; it only needs T(1), + - * / and a specialization of
+// `Transcendentals<T>` (exp and tanh) for its type. No torch headers here.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define LSTM_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define LSTM_HOST_DEVICE inline
+#endif
+
+namespace lstm_ext {
+namespace math {
+
+// exp and tanh for a compute type. float/double use the C math library, which nvcc maps to the device
+// functions in device code; a vector backend specializes this for its vector type.
+template <typename T>
+struct Transcendentals;
+
+template <>
+struct Transcendentals<float> {
+  static LSTM_HOST_DEVICE float exp(float x) { return ::expf(x); }
+  static LSTM_HOST_DEVICE float tanh(float x) { return ::tanhf(x); }
+};
+
+template <>
+struct Transcendentals<double> {
+  static LSTM_HOST_DEVICE double exp(double x) { return ::exp(x); }
+  static LSTM_HOST_DEVICE double tanh(double x) { return ::tanh(x); }
+};
+
+template <typename T>
+LSTM_HOST_DEVICE T sigmoid(T x) {
+  return T(1) / (T(1) + Transcendentals<T>::exp(-x));
+}
+
+template <typename T>
+LSTM_HOST_DEVICE T tanh(T x) {
+  return Transcendentals<T>::tanh(x);
+}
+
+// The four gates of one (row, unit): pre-activations going in, activations coming out.
+template <typename T>
+struct Gates {
+  T i, f, g, o;
+};
+
+template <typename T>
+struct CellForward {
+  Gates<T> act;  // activated gates, kept for the backward pass when training
+  T c;           // c_t
+  T h;           // h_t
+};
+
+// One step of one (row, unit): pre-activation gates and c_{t-1} -> activations, c_t, h_t.
+template <typename T>
+LSTM_HOST_DEVICE CellForward<T> cell_forward(const Gates<T>& pre, T c_prev) {
+  CellForward<T> out;
+  out.act.i = sigmoid(pre.i);
+  out.act.f = sigmoid(pre.f);
+  out.act.g = math::tanh(pre.g);
+  out.act.o = sigmoid(pre.o);
+  out.c = out.act.f * c_prev + out.act.i * out.act.g;
+  out.h = out.act.o * math::tanh(out.c);
+  return out;
+}
+
+template <typename T>
+struct CellBackward {
+  Gates<T> grad_pre;  // dL/d(pre-activation gates)
+  T grad_c_prev;      // dL/dc_{t-1}
+};
+
+// Backward of one step of one (row, unit). `act` are the kept activated gates, `c` is c_t, `grad_h` is
+// the whole dL/dh_t (output plus recurrence), `grad_c` is dL/dc_t arriving from step t+1.
+// tanh(c_t) is recomputed rather than stored: one tanh is cheaper than a [T, B, H] buffer.
+template <typename T>
+LSTM_HOST_DEVICE CellBackward<T> cell_backward(const Gates<T>& act, T c, T c_prev, T grad_h, T grad_c) {
+  const T one = T(1);
+  const T tanh_c = math::tanh(c);
+  const T grad_c_total = grad_c + grad_h * act.o * (one - tanh_c * tanh_c);
+  const T grad_i = grad_c_total * act.g;
+  const T grad_f = grad_c_total * c_prev;
+  const T grad_g = grad_c_total * act.i;
+  const T grad_o = grad_h * tanh_c;
+  CellBackward<T> out;
+  out.grad_pre.i = grad_i * act.i * (one - act.i);
+  out.grad_pre.f = grad_f * act.f * (one - act.f);
+  out.grad_pre.g = grad_g * (one - act.g * act.g);
+  out.grad_pre.o = grad_o * act.o * (one - act.o);
+  out.grad_c_prev = grad_c_total * act.f;
+  return out;
+}
+
+}  // namespace math
+}  // namespace lstm_ext

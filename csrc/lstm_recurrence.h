@@ -1,0 +1,47 @@
+// lstm_recurrence.h -- the forward and backward time loops of one LSTM layer and direction, written
+// once over ATen ops for every device. GEMMs stay in ATen (MKL/oneDNN on the CPU, cuBLAS on the current
+// stream on CUDA); the per-step pointwise pass is the device's PointwiseSteps.
+//
+// Shapes (time-major, contiguous; checked by the ops before they get here):
+//   input [T, B, I], weight_ih [4H, I], weight_hh [4H, H], bias_ih/bias_hh [4H] or undefined,
+//   h0/c0 [B, H], output [T, B, H], gates [T, B, 4H] (activated i, f, g, o), cells [T, B, H] (c_t).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "pointwise_step.h"
+
+namespace lstm_ext {
+
+struct LayerForwardResult {
+  at::Tensor output;  // [T, B, H]
+  at::Tensor h_n;     // [B, H]
+  at::Tensor c_n;     // [B, H]
+  at::Tensor gates;   // [T, B, 4H] when training, else empty
+  at::Tensor cells;   // [T, B, H] when training, else empty
+};
+
+struct LayerBackwardResult {
+  at::Tensor grad_input;      // [T, B, I]
+  at::Tensor grad_weight_ih;  // [4H, I]
+  at::Tensor grad_weight_hh;  // [4H, H]
+  at::Tensor grad_bias;       // [4H] (the gradient of bias_ih and of bias_hh alike), empty without bias
+  at::Tensor grad_h0;         // [B, H]
+  at::Tensor grad_c0;         // [B, H]
+};
+
+LayerForwardResult lstm_layer_forward(const PointwiseSteps& steps, const at::Tensor& input,
+                                      const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                      const at::Tensor& bias_ih, const at::Tensor& bias_hh,
+                                      const at::Tensor& h0, const at::Tensor& c0, bool reverse,
+                                      bool training);
+
+LayerBackwardResult lstm_layer_backward(const PointwiseSteps& steps, const at::Tensor& grad_output,
+                                        const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+                                        const at::Tensor& input, const at::Tensor& weight_ih,
+                                        const at::Tensor& weight_hh, const at::Tensor& h0,
+                                        const at::Tensor& c0, const at::Tensor& output,
+                                        const at::Tensor& gates, const at::Tensor& cells, bool reverse,
+                                        bool has_bias);
+
+}  // namespace lstm_ext

@@ -1,0 +1,15 @@
+"""lstm_ext: a fused LSTM for PyTorch, a drop-in for torch.nn.LSTM.
+
+    from lstm_ext import LSTM      # instead of torch.nn.LSTM
+
+The fused forward and backward kernels are registered as torch.ops.lstm_ext.*; LSTMFunction is their
+differentiable entry, lstm() the functional form, LSTM the module.
+"""
+
+from ._version import __version__
+from ._ops import compiled_backends
+from .autograd import LSTMFunction
+from .functional import lstm
+from .modules import LSTM, LSTMCell
+
+__all__ = ["LSTM", "LSTMCell", "LSTMFunction", "lstm", "compiled_backends", "__version__"]

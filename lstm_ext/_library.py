@@ -1,0 +1,50 @@
+"""Loads the compiled operator library lstm_ext._C, building it on the fly from a source checkout
+when no compiled module is installed."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+from . import _build
+
+
+def _build_on_the_fly() -> types.ModuleType:
+    import torch
+    from torch.utils import cpp_extension
+
+    with_cuda = _build.want_cuda(torch)
+    if with_cuda:
+        _build.configure_cuda_environment(torch)
+    build_dir = _build.ROOT / "build" / ("jit-cuda" if with_cuda else "jit-cpu")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    print(
+        f"lstm_ext: no compiled module found; building the {'CUDA' if with_cuda else 'CPU-only'} extension "
+        f"now with torch.utils.cpp_extension.load (ninja) in {build_dir}. This takes a few minutes the "
+        "first time; `pip install --no-build-isolation .` installs it for good.",
+        file=sys.stderr,
+        flush=True,
+    )
+    args = _build.compile_args(with_cuda)
+    return cpp_extension.load(
+        name="_C",
+        sources=_build.sources(with_cuda),
+        extra_cflags=args["cxx"],
+        extra_cuda_cflags=args.get("nvcc"),
+        build_directory=str(build_dir),
+        with_cuda=with_cuda,
+        is_python_module=True,
+        verbose=os.environ.get("LSTM_EXT_VERBOSE_BUILD") == "1",
+    )
+
+
+def load() -> types.ModuleType:
+    try:
+        from . import _C  # type: ignore[attr-defined]
+
+        return _C
+    except ImportError:
+        if not _build.CSRC.is_dir():
+            raise
+        return _build_on_the_fly()

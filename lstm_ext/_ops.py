@@ -1,0 +1,50 @@
+"""The compiled ops (torch.ops.lstm_ext.*) and their fake kernels, so that FakeTensor tracing
+(torch.compile, torch.export) knows their output shapes without running them."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _library
+
+_C = _library.load()
+
+lstm_layer_forward = torch.ops.lstm_ext.lstm_layer_forward
+lstm_layer_backward = torch.ops.lstm_ext.lstm_layer_backward
+
+
+def compiled_backends() -> tuple[str, ...]:
+    """The devices lstm_ext was compiled for: ("cpu",) or ("cpu", "cuda")."""
+    return ("cpu", "cuda") if _C.WITH_CUDA else ("cpu",)
+
+
+@torch.library.register_fake("lstm_ext::lstm_layer_forward")
+def _lstm_layer_forward_fake(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse, training):
+    torch._check(input.dim() == 3, lambda: f"lstm_layer_forward: input must be 3-D, got {input.dim()}-D")
+    seq_len, batch, _ = input.shape
+    hidden = weight_hh.shape[1]
+    output = input.new_empty((seq_len, batch, hidden))
+    h_n = input.new_empty((batch, hidden))
+    c_n = input.new_empty((batch, hidden))
+    if training:
+        gates = input.new_empty((seq_len, batch, 4 * hidden))
+        cells = input.new_empty((seq_len, batch, hidden))
+    else:
+        gates = input.new_empty((0,))
+        cells = input.new_empty((0,))
+    return output, h_n, c_n, gates, cells
+
+
+@torch.library.register_fake("lstm_ext::lstm_layer_backward")
+def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh, h0, c0, output,
+                              gates, cells, reverse, has_bias):
+    hidden = weight_hh.shape[1]
+    grad_bias = input.new_empty((4 * hidden,)) if has_bias else input.new_empty((0,))
+    return (
+        torch.empty_like(input, memory_format=torch.contiguous_format),
+        torch.empty_like(weight_ih, memory_format=torch.contiguous_format),
+        torch.empty_like(weight_hh, memory_format=torch.contiguous_format),
+        grad_bias,
+        torch.empty_like(h0, memory_format=torch.contiguous_format),
+        torch.empty_like(c0, memory_format=torch.contiguous_format),
+    )

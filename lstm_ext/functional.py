@@ -1,0 +1,80 @@
+"""lstm(): a multi-layer, optionally bidirectional LSTM over the fused ops, with nn.LSTM's semantics.
+
+Layers and directions are composed here; each (layer, direction) is one fused op call, differentiable
+through LSTMFunction when a gradient is needed and the lighter inference op otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import _ops
+from .autograd import LSTMFunction
+
+
+def _layer(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse):
+    tensors = (input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if needs_grad:
+        output, h_n, c_n, _, _ = LSTMFunction.apply(*tensors, reverse, True)
+    else:
+        output, h_n, c_n, _, _ = _ops.lstm_layer_forward(*tensors, reverse, False)
+    return output, h_n, c_n
+
+
+def lstm(
+    input: Tensor,
+    hx: tuple[Tensor, Tensor],
+    flat_weights: Sequence[Tensor],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float,
+    training: bool,
+    bidirectional: bool,
+    batch_first: bool,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """The functional LSTM, in the argument order of ``torch._VF.lstm``.
+
+    input: ``[T, B, I]`` (``[B, T, I]`` when batch_first); hx: ``(h0, c0)``, each
+    ``[num_layers * num_directions, B, H]``; flat_weights: per layer, per direction,
+    ``weight_ih, weight_hh[, bias_ih, bias_hh]`` (``nn.LSTM``'s order). Dropout is applied to the output
+    of every layer but the last when training. Returns ``(output, (h_n, c_n))``.
+    """
+    if input.dim() != 3:
+        raise ValueError(f"lstm: input must be 3-D ({'[B, T, I]' if batch_first else '[T, B, I]'}), "
+                         f"got {input.dim()}-D with shape {tuple(input.shape)}")
+    num_directions = 2 if bidirectional else 1
+    per_direction = 4 if has_biases else 2
+    expected = num_layers * num_directions * per_direction
+    if len(flat_weights) != expected:
+        raise ValueError(f"lstm: flat_weights must hold {expected} tensors for num_layers={num_layers}, "
+                         f"bidirectional={bidirectional}, has_biases={has_biases}, got {len(flat_weights)}")
+    h0, c0 = hx
+    for name, state in (("h0", h0), ("c0", c0)):
+        if state.dim() != 3 or state.size(0) != num_layers * num_directions:
+            raise ValueError(f"lstm: {name} must have shape [num_layers * num_directions = "
+                             f"{num_layers * num_directions}, batch, hidden_size], got {tuple(state.shape)}")
+
+    layer_input = input.transpose(0, 1) if batch_first else input
+    h_n, c_n = [], []
+    for layer in range(num_layers):
+        direction_outputs = []
+        for direction in range(num_directions):
+            index = layer * num_directions + direction
+            w = flat_weights[index * per_direction:(index + 1) * per_direction]
+            bias_ih, bias_hh = (w[2], w[3]) if has_biases else (None, None)
+            output, h, c = _layer(layer_input, w[0], w[1], bias_ih, bias_hh, h0[index], c0[index],
+                                  reverse=direction == 1)
+            direction_outputs.append(output)
+            h_n.append(h)
+            c_n.append(c)
+        layer_output = direction_outputs[0] if num_directions == 1 else torch.cat(direction_outputs, dim=2)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_output = F.dropout(layer_output, p=dropout, training=True)
+        layer_input = layer_output
+    output = layer_input.transpose(0, 1) if batch_first else layer_input
+    return output, (torch.stack(h_n), torch.stack(c_n))

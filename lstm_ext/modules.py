@@ -1,0 +1,198 @@
+"""LSTM and LSTMCell: drop-ins for torch.nn.LSTM and torch.nn.LSTMCell on the fused ops.
+
+The constructor takes nn.LSTM's arguments, validates them with nn.LSTM's errors, registers the same
+parameters (names, shapes, order) and initialises them the same way from the same random stream, so
+``torch.manual_seed(s); lstm_ext.LSTM(...)`` holds the very weights ``nn.LSTM(...)`` would, and state
+dicts load both ways. It is deliberately not a subclass of nn.LSTM: torch.compile breaks the graph on
+every nn.RNNBase, and this module compiles whole.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from .functional import lstm
+
+
+class LSTM(nn.Module):
+    """A multi-layer LSTM with ``torch.nn.LSTM``'s arguments, parameters and results.
+
+    See ``torch.nn.LSTM`` for the arguments; every one of them has the same meaning here.
+    """
+
+    __constants__ = ["input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                     "bidirectional", "proj_size"]
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None) -> None:
+        super().__init__()
+        _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+
+        factory_kwargs = {"device": device, "dtype": dtype}
+        num_directions = 2 if bidirectional else 1
+        real_hidden_size = proj_size if proj_size > 0 else hidden_size
+        gate_size = 4 * hidden_size
+        self._flat_weights_names: list[str] = []
+        for layer in range(num_layers):
+            layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
+            for direction in range(num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                shapes = [("weight_ih", (gate_size, layer_input_size)), ("weight_hh", (gate_size, real_hidden_size))]
+                if bias:
+                    shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
+                if proj_size > 0:
+                    shapes += [("weight_hr", (proj_size, hidden_size))]
+                for name, shape in shapes:
+                    setattr(self, name + suffix, nn.Parameter(torch.empty(shape, **factory_kwargs)))
+                    self._flat_weights_names.append(name + suffix)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.LSTM's initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H)), in registration order."""
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        # Looked up by name at every use, so replaced parameters and torch.func.functional_call work.
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        per_direction = len(self._flat_weights_names) // (self.num_layers * (2 if self.bidirectional else 1))
+        weights = self._flat_weights
+        return [weights[i:i + per_direction] for i in range(0, len(weights), per_direction)]
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.proj_size != 0:
+            s += ", proj_size={proj_size}"
+        if self.num_layers != 1:
+            s += ", num_layers={num_layers}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if self.batch_first is not False:
+            s += ", batch_first={batch_first}"
+        if self.dropout != 0:
+            s += ", dropout={dropout}"
+        if self.bidirectional is not False:
+            s += ", bidirectional={bidirectional}"
+        return s.format(**self.__dict__)
+
+    def _check_input(self, input: Tensor, weight_dtype: torch.dtype) -> None:
+        if input.dtype != weight_dtype and not torch.is_autocast_enabled():
+            raise ValueError(
+                f"LSTM input dtype ({input.dtype}) does not match weight dtype ({weight_dtype}). "
+                f"Convert input: input.to({weight_dtype}), or convert model: model.to({input.dtype})"
+            )
+        if input.size(-1) != self.input_size:
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
+            )
+
+    def _check_state(self, name: str, state: Tensor, expected: tuple[int, int, int], input: Tensor) -> None:
+        if tuple(state.shape) != expected:
+            raise RuntimeError(f"Expected {name} size {expected}, got {list(state.shape)}")
+        if state.dtype != input.dtype:
+            raise ValueError(f"LSTM {name} dtype ({state.dtype}) does not match input dtype ({input.dtype})")
+        if state.device != input.device:
+            raise ValueError(f"LSTM {name} is on {state.device} but input is on {input.device}")
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
+        if isinstance(input, PackedSequence):
+            raise NotImplementedError(
+                "lstm_ext.LSTM does not take a PackedSequence yet; pad the batch (pad_packed_sequence) or use "
+                "torch.nn.LSTM for packed input"
+            )
+        if self.proj_size > 0:
+            raise NotImplementedError(
+                "lstm_ext.LSTM does not run proj_size > 0 yet; use torch.nn.LSTM for LSTMs with projections"
+            )
+        if input.dim() not in (2, 3):
+            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        weights = self._flat_weights
+        self._check_input(input, weights[0].dtype)
+        is_batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+        batch = input.size(batch_dim)
+        num_directions = 2 if self.bidirectional else 1
+        state_shape = (self.num_layers * num_directions, batch, self.hidden_size)
+        if hx is None:
+            zeros = torch.zeros(state_shape, dtype=input.dtype, device=input.device)
+            hx = (zeros, zeros)
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0) of tensors, got {type(hx).__name__}")
+            expected_dim = 3 if is_batched else 2
+            if hx[0].dim() != expected_dim or hx[1].dim() != expected_dim:
+                raise RuntimeError(
+                    f"For {'batched 3-D' if is_batched else 'unbatched 2-D'} input, hx and cx should also be "
+                    f"{expected_dim}-D but got ({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                )
+            if not is_batched:
+                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+            self._check_state("hidden", hx[0], state_shape, input)
+            self._check_state("cell", hx[1], state_shape, input)
+
+        output, (h_n, c_n) = lstm(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
+                                  self.bidirectional, self.batch_first)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        return output, (h_n, c_n)
+
+
+class LSTMCell(nn.Module):
+    """Placeholder for the drop-in of torch.nn.LSTMCell: not implemented yet."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise NotImplementedError("lstm_ext.LSTMCell is not implemented yet; use torch.nn.LSTMCell")
+
+
+def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:
+    """nn.LSTM's constructor validation, in its order and with its exception types and messages."""
+    if not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1 or isinstance(dropout, bool):
+        raise ValueError("dropout should be a number in range [0, 1] representing the probability of an "
+                         "element being zeroed")
+    if dropout > 0 and num_layers == 1:
+        warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                      f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                      stacklevel=3)
+    if not isinstance(bias, bool):
+        raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+    if not isinstance(batch_first, bool):
+        raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
+    if not isinstance(input_size, int):
+        raise TypeError(f"input_size should be of type int, got: {type(input_size).__name__}")
+    if input_size <= 0:
+        raise ValueError("input_size must be greater than zero")
+    if not isinstance(hidden_size, int):
+        raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
+    if hidden_size <= 0:
+        raise ValueError("hidden_size must be greater than zero")
+    if not isinstance(num_layers, int):
+        raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}")
+    if num_layers <= 0:
+        raise ValueError("num_layers must be greater than zero")
+    if proj_size < 0:
+        raise ValueError("proj_size should be a positive integer or zero to disable projections")
+    if proj_size >= hidden_size:
+        raise ValueError("proj_size has to be smaller than hidden_size")
