@@ -39,7 +39,24 @@ def _build_on_the_fly() -> types.ModuleType:
     )
 
 
+def _load_from_path(path: str) -> types.ModuleType:
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.ExtensionFileLoader("lstm_ext._C", path)
+    spec = importlib.util.spec_from_file_location("lstm_ext._C", path, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    sys.modules["lstm_ext._C"] = module
+    return module
+
+
 def load() -> types.ModuleType:
+    """The compiled module: $LSTM_EXT_LIBRARY if set (a specific build, e.g. the sanitizer build of
+    .ci/sanitized_emulation.sh), else the installed lstm_ext._C, else one built on the fly."""
+    override = os.environ.get("LSTM_EXT_LIBRARY")
+    if override:
+        return _load_from_path(override)
     try:
         from . import _C  # type: ignore[attr-defined]
 

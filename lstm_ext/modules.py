@@ -108,7 +108,7 @@ class LSTM(nn.Module):
 
     def _check_state(self, name: str, state: Tensor, expected: tuple[int, int, int], input: Tensor) -> None:
         if tuple(state.shape) != expected:
-            raise RuntimeError(f"Expected {name} size {expected}, got {list(state.shape)}")
+            raise RuntimeError(f"Expected {name} size {expected}, got {list(state.shape)}")  # nn.LSTM's words
         if state.dtype != input.dtype:
             raise ValueError(f"LSTM {name} dtype ({state.dtype}) does not match input dtype ({input.dtype})")
         if state.device != input.device:
@@ -149,8 +149,8 @@ class LSTM(nn.Module):
                 )
             if not is_batched:
                 hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-            self._check_state("hidden", hx[0], state_shape, input)
-            self._check_state("cell", hx[1], state_shape, input)
+            self._check_state("hidden[0]", hx[0], state_shape, input)
+            self._check_state("hidden[1]", hx[1], state_shape, input)
 
         output, (h_n, c_n) = lstm(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
                                   self.bidirectional, self.batch_first)

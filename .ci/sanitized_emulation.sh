@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds the extension (CPU-only: the emulated CUDA kernels are CPU code) with AddressSanitizer and
+# UndefinedBehaviorSanitizer, then runs the emulated-CUDA and op tests against that build. Any
+# out-of-bounds access or undefined behaviour in the kernels or the recurrence fails the run.
+# Usage: .ci/sanitized_emulation.sh [python]   (default: .venv/bin/python)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${1:-.venv/bin/python}
+BUILD_DIR=build/sanitized
+mkdir -p "$BUILD_DIR"
+# The sanitizer runtimes must come first in the process: preload them into python for the build (which
+# loads the library it built) and for the tests.
+export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+echo "== building the ASan+UBSan extension in $BUILD_DIR"
+FORCE_CPU=1 "$PY" - "$BUILD_DIR" <<'PYEOF'
+import importlib.util, sys, time
+from torch.utils import cpp_extension
+# The same source list as the real build, read without importing lstm_ext (which loads its library).
+spec = importlib.util.spec_from_file_location("lstm_ext_build", "lstm_ext/_build.py")
+_build = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(_build)
+sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
+start = time.time()
+module_path = cpp_extension.load(
+    name="_C", sources=_build.sources(with_cuda=False), extra_cflags=["-O1"] + sanitize,
+    extra_ldflags=sanitize, build_directory=sys.argv[1], is_python_module=False, is_standalone=False,
+    verbose=False)
+print(f"built in {time.time() - start:.0f} s")
+PYEOF
+
+LIB=$(ls "$BUILD_DIR"/_C*.so | head -n 1)
+echo "== running the emulated-CUDA and op tests under ASan+UBSan ($LIB)"
+LSTM_EXT_LIBRARY="$LIB" "$PY" -m pytest -q -p no:cacheprovider --capture=sys tests/test_emulated_cuda.py tests/test_ops.py

@@ -1,0 +1,59 @@
+// pointwise_cuda.cu -- the CUDA pointwise steps: the kernels of pointwise_kernels.cuh launched on the
+// current stream, with a launch check after each. The one CUDA translation unit of the extension.
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include "pointwise_kernels.cuh"
+#include "pointwise_launch.h"
+
+namespace lstm_ext {
+namespace cuda {
+namespace {
+
+constexpr int kThreadsPerBlock = 256;
+
+// Enough blocks to fill every SM; the grid-stride loop takes the rest.
+LaunchPolicy device_launch_policy() {
+  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+  const int64_t blocks_per_sm = props->maxThreadsPerMultiProcessor / kThreadsPerBlock;
+  return {kThreadsPerBlock, static_cast<int64_t>(props->multiProcessorCount) * blocks_per_sm};
+}
+
+struct StreamLauncher {
+  cudaStream_t stream;
+
+  template <typename... KernelArgs, typename... Args>
+  void operator()(void (*kernel)(KernelArgs...), PointwiseLaunchConfig config, Args... args) const {
+    kernel<<<config.blocks, config.threads, 0, stream>>>(args...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
+
+class CudaPointwiseSteps final : public PointwiseSteps {
+ public:
+  void forward(const ForwardStepArgs& args) const override {
+    const StreamLauncher launcher{at::cuda::getCurrentCUDAStream()};
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.gates.scalar_type(),
+                                    "lstm_ext_cuda_forward_step", [&] {
+                                      launch_forward_step<scalar_t>(args, device_launch_policy(), launcher);
+                                    });
+  }
+  void backward(const BackwardStepArgs& args) const override {
+    const StreamLauncher launcher{at::cuda::getCurrentCUDAStream()};
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.gates.scalar_type(),
+                                    "lstm_ext_cuda_backward_step", [&] {
+                                      launch_backward_step<scalar_t>(args, device_launch_policy(), launcher);
+                                    });
+  }
+};
+
+}  // namespace
+}  // namespace cuda
+
+const PointwiseSteps& cuda_pointwise_steps() {
+  static const cuda::CudaPointwiseSteps steps;
+  return steps;
+}
+
+}  // namespace lstm_ext

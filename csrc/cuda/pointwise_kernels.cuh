@@ -1,0 +1,96 @@
+// pointwise_kernels.cuh -- the CUDA kernels of the fused pointwise step, forward and backward.
+//
+// Device code only, no torch headers: compiled by nvcc for the GPU (pointwise_cuda.cu) and by the host
+// compiler under csrc/emulated/cuda_emulation.h, which runs the same source on the CPU in the tests
+// (pointwise_emulated.cpp). Elementwise: one thread per (row, unit), a grid-stride loop, math in
+// acc_t (float for half/bfloat16) from lstm_math.h. No shared memory, barriers or atomics.
+#pragma once
+
+#include <cstdint>
+
+#include "../lstm_math.h"
+
+namespace lstm_ext {
+namespace cuda {
+
+// Forward. gates [B, 4H] holds the pre-activations (input and recurrent GEMMs, biases) and receives
+// the activated gates when keep_gates. c may alias c_prev (inference updates c in place): each
+// element is read by its own thread before that thread writes it, so neither is __restrict__.
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void lstm_forward_pointwise_kernel(scalar_t* __restrict__ gates, const scalar_t* c_prev,
+                                              scalar_t* __restrict__ h, scalar_t* c, index_t batch,
+                                              index_t hidden, bool keep_gates) {
+  const index_t n = batch * hidden;
+  const index_t stride = static_cast<index_t>(blockDim.x) * static_cast<index_t>(gridDim.x);
+  for (index_t idx = static_cast<index_t>(blockIdx.x) * static_cast<index_t>(blockDim.x) +
+                     static_cast<index_t>(threadIdx.x);
+       idx < n; idx += stride) {
+    const index_t row = idx / hidden;
+    const index_t unit = idx - row * hidden;
+    scalar_t* g = gates + row * 4 * hidden + unit;
+    const math::Gates<acc_t> pre{static_cast<acc_t>(g[0]), static_cast<acc_t>(g[hidden]),
+                                 static_cast<acc_t>(g[2 * hidden]), static_cast<acc_t>(g[3 * hidden])};
+    const math::CellForward<acc_t> out = math::cell_forward(pre, static_cast<acc_t>(c_prev[idx]));
+    c[idx] = static_cast<scalar_t>(out.c);
+    h[idx] = static_cast<scalar_t>(out.h);
+    if (keep_gates) {
+      g[0] = static_cast<scalar_t>(out.act.i);
+      g[hidden] = static_cast<scalar_t>(out.act.f);
+      g[2 * hidden] = static_cast<scalar_t>(out.act.g);
+      g[3 * hidden] = static_cast<scalar_t>(out.act.o);
+    }
+  }
+}
+
+// Backward. gates [B, 4H] are the kept activations; grad_c is dL/dc_t in and dL/dc_{t-1} out, in place
+// (each thread reads its own element before writing it).
+template <typename scalar_t, typename acc_t, typename index_t>
+__global__ void lstm_backward_pointwise_kernel(const scalar_t* __restrict__ gates, const scalar_t* __restrict__ c,
+                                               const scalar_t* __restrict__ c_prev,
+                                               const scalar_t* __restrict__ grad_h_out,
+                                               const scalar_t* __restrict__ grad_h_next, scalar_t* grad_c,
+                                               scalar_t* __restrict__ grad_gates, index_t batch, index_t hidden) {
+  const index_t n = batch * hidden;
+  const index_t stride = static_cast<index_t>(blockDim.x) * static_cast<index_t>(gridDim.x);
+  for (index_t idx = static_cast<index_t>(blockIdx.x) * static_cast<index_t>(blockDim.x) +
+                     static_cast<index_t>(threadIdx.x);
+       idx < n; idx += stride) {
+    const index_t row = idx / hidden;
+    const index_t gate_offset = row * 4 * hidden + (idx - row * hidden);
+    const scalar_t* g = gates + gate_offset;
+    const math::Gates<acc_t> act{static_cast<acc_t>(g[0]), static_cast<acc_t>(g[hidden]),
+                                 static_cast<acc_t>(g[2 * hidden]), static_cast<acc_t>(g[3 * hidden])};
+    const acc_t grad_h = static_cast<acc_t>(grad_h_out[idx]) + static_cast<acc_t>(grad_h_next[idx]);
+    const math::CellBackward<acc_t> out =
+        math::cell_backward(act, static_cast<acc_t>(c[idx]), static_cast<acc_t>(c_prev[idx]), grad_h,
+                            static_cast<acc_t>(grad_c[idx]));
+    scalar_t* dg = grad_gates + gate_offset;
+    dg[0] = static_cast<scalar_t>(out.grad_pre.i);
+    dg[hidden] = static_cast<scalar_t>(out.grad_pre.f);
+    dg[2 * hidden] = static_cast<scalar_t>(out.grad_pre.g);
+    dg[3 * hidden] = static_cast<scalar_t>(out.grad_pre.o);
+    grad_c[idx] = static_cast<scalar_t>(out.grad_c_prev);
+  }
+}
+
+// A 1-D launch: `blocks` blocks of `threads` threads; the grid-stride loop covers what the grid does not.
+struct PointwiseLaunchConfig {
+  unsigned blocks;
+  unsigned threads;
+};
+
+inline PointwiseLaunchConfig pointwise_launch_config(int64_t elements, int threads_per_block, int64_t max_blocks) {
+  const int64_t wanted = (elements + threads_per_block - 1) / threads_per_block;
+  const int64_t blocks = wanted < max_blocks ? wanted : max_blocks;
+  return {static_cast<unsigned>(blocks > 0 ? blocks : 1), static_cast<unsigned>(threads_per_block)};
+}
+
+// 32-bit indexing is safe when every offset a thread forms (up to 4 * B * H into the gates) plus one
+// grid stride stays below INT32_MAX; otherwise the kernels run with 64-bit indices.
+inline bool fits_32bit_indexing(int64_t batch, int64_t hidden, PointwiseLaunchConfig config) {
+  const int64_t stride = static_cast<int64_t>(config.blocks) * config.threads;
+  return 4 * batch * hidden + stride < static_cast<int64_t>(INT32_MAX);
+}
+
+}  // namespace cuda
+}  // namespace lstm_ext

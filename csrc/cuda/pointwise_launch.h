@@ -1,0 +1,76 @@
+// pointwise_launch.h -- from a step's tensors to a kernel launch: launch configuration, index width and
+// pointers, written once for the real CUDA launch (pointwise_cuda.cu) and the emulated one
+// (csrc/emulated/pointwise_emulated.cpp). `Launcher` is a callable
+// launcher(kernel, PointwiseLaunchConfig, kernel arguments...) that runs the kernel.
+// Include pointwise_kernels.cuh (or the emulation header and then it) before this file.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+#include "../pointwise_step.h"
+#include "pointwise_kernels.cuh"
+
+namespace lstm_ext {
+namespace cuda {
+
+struct LaunchPolicy {
+  int threads_per_block;
+  int64_t max_blocks;
+  bool force_64bit_index = false;  // tests run the 64-bit kernels on sizes that would not need them
+};
+
+// Calls body(index_t{}) with int32_t when the sizes allow it, else int64_t.
+template <typename Body>
+void with_index_type(int64_t batch, int64_t hidden, PointwiseLaunchConfig config, const LaunchPolicy& policy,
+                     const Body& body) {
+  if (!policy.force_64bit_index && fits_32bit_indexing(batch, hidden, config)) {
+    body(int32_t{});
+  } else {
+    body(int64_t{});
+  }
+}
+
+template <typename scalar_t, typename Launcher>
+void launch_forward_step(const ForwardStepArgs& args, const LaunchPolicy& policy, const Launcher& launcher) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t batch = args.h.size(0), hidden = args.h.size(1);
+  if (batch * hidden == 0) {
+    return;
+  }
+  const PointwiseLaunchConfig config = pointwise_launch_config(batch * hidden, policy.threads_per_block,
+                                                               policy.max_blocks);
+  with_index_type(batch, hidden, config, policy, [&](auto index_zero) {
+    using index_t = decltype(index_zero);
+    launcher(lstm_forward_pointwise_kernel<scalar_t, acc_t, index_t>, config, args.gates.data_ptr<scalar_t>(),
+             static_cast<const scalar_t*>(args.c_prev.data_ptr<scalar_t>()), args.h.data_ptr<scalar_t>(),
+             args.c.data_ptr<scalar_t>(), static_cast<index_t>(batch), static_cast<index_t>(hidden),
+             args.keep_gates);
+  });
+}
+
+template <typename scalar_t, typename Launcher>
+void launch_backward_step(const BackwardStepArgs& args, const LaunchPolicy& policy, const Launcher& launcher) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t batch = args.c.size(0), hidden = args.c.size(1);
+  if (batch * hidden == 0) {
+    return;
+  }
+  const PointwiseLaunchConfig config = pointwise_launch_config(batch * hidden, policy.threads_per_block,
+                                                               policy.max_blocks);
+  with_index_type(batch, hidden, config, policy, [&](auto index_zero) {
+    using index_t = decltype(index_zero);
+    launcher(lstm_backward_pointwise_kernel<scalar_t, acc_t, index_t>, config,
+             static_cast<const scalar_t*>(args.gates.data_ptr<scalar_t>()),
+             static_cast<const scalar_t*>(args.c.data_ptr<scalar_t>()),
+             static_cast<const scalar_t*>(args.c_prev.data_ptr<scalar_t>()),
+             static_cast<const scalar_t*>(args.grad_h_out.data_ptr<scalar_t>()),
+             static_cast<const scalar_t*>(args.grad_h_next.data_ptr<scalar_t>()), args.grad_c.data_ptr<scalar_t>(),
+             args.grad_gates.data_ptr<scalar_t>(), static_cast<index_t>(batch), static_cast<index_t>(hidden));
+  });
+}
+
+}  // namespace cuda
+}  // namespace lstm_ext

@@ -1,0 +1,24 @@
+"""Shared fixtures: every test that takes `device` runs on the CPU and, where a GPU and the CUDA build
+exist, on CUDA too."""
+
+import pytest
+import torch
+
+import lstm_ext
+
+CUDA_READY = torch.cuda.is_available() and "cuda" in lstm_ext.compiled_backends()
+CUDA_SKIP_REASON = (
+    "no CUDA device on this machine" if not torch.cuda.is_available()
+    else "lstm_ext was built without CUDA (FORCE_CPU=1 or no toolkit)"
+)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA_READY, reason=CUDA_SKIP_REASON))]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return torch.device(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

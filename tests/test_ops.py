@@ -1,0 +1,151 @@
+"""The ops themselves: torch.library.opcheck, gradcheck, and argument errors that name the argument."""
+
+import pytest
+import torch
+
+import lstm_ext  # noqa: F401  (registers torch.ops.lstm_ext)
+from conftest import CUDA_READY, CUDA_SKIP_REASON
+from lstm_ext import LSTMFunction
+
+forward_op = torch.ops.lstm_ext.lstm_layer_forward
+backward_op = torch.ops.lstm_ext.lstm_layer_backward
+
+
+def layer_args(device, dtype=torch.float64, T=4, B=3, I=5, H=6, bias=True, requires_grad=False):
+    def t(*shape):
+        return torch.randn(*shape, dtype=dtype, device=device, requires_grad=requires_grad)
+    b_ih, b_hh = (t(4 * H), t(4 * H)) if bias else (None, None)
+    return [t(T, B, I), t(4 * H, I), t(4 * H, H), b_ih, b_hh, t(B, H), t(B, H)]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_opcheck_forward(device, reverse, bias, training):
+    args = layer_args(device, bias=bias, requires_grad=training)
+    torch.library.opcheck(forward_op, (*args, reverse, training))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_opcheck_backward(device, reverse, bias):
+    args = layer_args(device, bias=bias)
+    output, h_n, c_n, gates, cells = forward_op(*args, reverse, True)
+    x, w_ih, w_hh, _, _, h0, c0 = args
+    grads = [torch.randn_like(output), torch.randn_like(h_n), torch.randn_like(c_n)]
+    torch.library.opcheck(backward_op, (*grads, x, w_ih, w_hh, h0, c0, output, gates, cells, reverse, bias))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("sizes", [(4, 3, 5, 6), (1, 1, 1, 1), (3, 2, 1, 3)], ids=str)
+def test_gradcheck_function(device, reverse, bias, sizes):
+    T, B, I, H = sizes
+    args = layer_args(device, T=T, B=B, I=I, H=H, bias=bias, requires_grad=True)
+
+    def f(*tensors):
+        output, h_n, c_n, _, _ = LSTMFunction.apply(*tensors, reverse, True)
+        return output, h_n, c_n
+
+    assert torch.autograd.gradcheck(f, args)
+
+
+def test_gradcheck_op_directly(device):
+    # The op is differentiable on its own too (torch.library.register_autograd), with the same backward.
+    args = layer_args(device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: forward_op(*a, True, True)[:3], args)
+
+
+def test_double_backward_is_a_clear_error(device):
+    args = layer_args(device, requires_grad=True)
+    output = LSTMFunction.apply(*args, False, True)[0]
+    (grad_x,) = torch.autograd.grad(output.sum(), args[0], create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        grad_x.sum().backward()
+
+
+def test_backward_after_inference_forward_is_a_clear_error(device):
+    args = layer_args(device, requires_grad=True)
+    output = forward_op(*args, False, False)[0]
+    with pytest.raises(RuntimeError, match="training=False"):
+        output.sum().backward()
+
+
+def test_inference_equals_training_forward(device):
+    args = layer_args(device)
+    trained = forward_op(*args, True, True)
+    inferred = forward_op(*args, True, False)
+    for a, b in zip(trained[:3], inferred[:3]):
+        assert torch.equal(a, b)
+    assert inferred[3].numel() == 0 and inferred[4].numel() == 0
+
+
+def test_noncontiguous_arguments(device):
+    # Any strides are accepted: the op makes what it needs contiguous.
+    args = layer_args(device)
+    expected = forward_op(*args, False, True)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = args
+    strided = [x.transpose(0, 1).contiguous().transpose(0, 1), w_ih.t().contiguous().t(), w_hh[:, :],
+               torch.stack([b_ih, b_ih], 1)[:, 0].copy_(b_ih), b_hh, h0.t().contiguous().t(), c0]
+    assert not strided[0].is_contiguous() and not strided[1].is_contiguous() and not strided[3].is_contiguous()
+    actual = forward_op(*strided, False, True)
+    for a, b in zip(expected, actual):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _replace(args, index, value):
+    args = list(args)
+    args[index] = value
+    return args
+
+
+ERROR_CASES = {  # name: (argument index, replacement builder, message fragment)
+    "input_2d": (0, lambda a: a[0][0], "input must be 3-D"),
+    "input_int": (0, lambda a: a[0].long(), "input must be float32 or float64"),
+    "weight_ih_shape": (1, lambda a: a[1][:, :-1], "weight_ih must have shape [4*hidden_size, input_size]"),
+    "weight_hh_shape": (2, lambda a: a[2][:-1], "weight_hh must have shape [4*hidden_size, hidden_size]"),
+    "bias_ih_shape": (3, lambda a: a[3][:-1], "bias_ih must have shape [4*hidden_size]"),
+    "bias_hh_missing": (4, lambda a: None, "bias_ih and bias_hh must both be given or both be None"),
+    "h0_shape": (5, lambda a: a[5][:-1], "h0 must have shape [batch, hidden_size]"),
+    "c0_shape": (6, lambda a: a[6][:, :-1], "c0 must have shape [batch, hidden_size]"),
+    "h0_dtype": (5, lambda a: a[5].float(), "h0 must have the dtype of input"),
+    "weight_hh_dtype": (2, lambda a: a[2].float(), "weight_hh must have the dtype of input"),
+}
+
+
+@pytest.mark.parametrize("case", ERROR_CASES, ids=str)
+def test_forward_argument_errors(device, case):
+    index, build, message = ERROR_CASES[case]
+    args = layer_args(device)
+    bad = _replace(args, index, build(args))
+    with pytest.raises(RuntimeError) as info:
+        forward_op(*bad, False, True)
+    assert "lstm_ext.lstm_layer_forward" in str(info.value)
+    assert message in str(info.value)
+
+
+def test_backward_argument_errors(device):
+    args = layer_args(device)
+    output, h_n, c_n, gates, cells = forward_op(*args, False, True)
+    x, w_ih, w_hh, _, _, h0, c0 = args
+    good = [torch.ones_like(output), torch.ones_like(h_n), torch.ones_like(c_n), x, w_ih, w_hh, h0, c0, output,
+            gates, cells, False, True]
+    backward_op(*good)
+    for index, value, message in [
+        (0, output[:, :-1], "grad_output must have shape [seq_len, batch, hidden_size]"),
+        (1, h_n.float(), "grad_h_n must have the dtype of input"),
+        (9, gates[..., :-1], "gates must have shape [seq_len, batch, 4*hidden_size]"),
+        (9, gates.new_empty(0), "gates is empty: the forward ran with training=False"),
+        (10, cells[:-1], "cells must have shape [seq_len, batch, hidden_size]"),
+    ]:
+        with pytest.raises(RuntimeError, match="lstm_ext.lstm_layer_backward") as info:
+            backward_op(*_replace(good, index, value))
+        assert message in str(info.value)
+
+
+@pytest.mark.skipif(not CUDA_READY, reason=CUDA_SKIP_REASON)
+def test_cpu_state_with_cuda_input_is_an_error():
+    args = layer_args("cuda")
+    bad = _replace(args, 5, args[5].cpu())
+    with pytest.raises(RuntimeError, match="h0 must be on the device of input"):
+        forward_op(*bad, False, True)
