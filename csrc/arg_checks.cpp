@@ -42,18 +42,37 @@ void check_like_input(const char* op, const at::Tensor& input, const char* name,
 
 }  // namespace
 
-LayerSizes check_layer_forward_args(const char* op, const at::Tensor& input, const at::Tensor& weight_ih,
-                                    const at::Tensor& weight_hh, const at::Tensor& bias_ih,
-                                    const at::Tensor& bias_hh, const at::Tensor& h0, const at::Tensor& c0) {
+std::vector<int64_t> LayerSizes::sequence_shape(int64_t features) const {
+  if (packed) {
+    return {layout.rows, features};
+  }
+  return {layout.steps(), layout.batch, features};
+}
+
+LayerSizes check_layer_forward_args(const char* op, const at::Tensor& input, const at::Tensor& batch_sizes,
+                                    const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                    const at::Tensor& bias_ih, const at::Tensor& bias_hh, const at::Tensor& h0,
+                                    const at::Tensor& c0) {
   check_defined(op, "input", input);
-  TORCH_CHECK(input.dim() == 3, op, ": input must be 3-D [seq_len, batch, input_size], got ", input.dim(),
-              "-D with shape ", input.sizes());
+  LayerSizes s;
+  s.packed = batch_sizes.defined();
+  if (s.packed) {
+    TORCH_CHECK(input.dim() == 2, op, ": with batch_sizes, input must be 2-D [rows, input_size] (packed), got ",
+                input.dim(), "-D with shape ", input.sizes());
+    s.layout = packed_layout(op, batch_sizes, input.size(0));
+  } else {
+    TORCH_CHECK(input.dim() == 3, op, ": input must be 3-D [seq_len, batch, input_size], got ", input.dim(),
+                "-D with shape ", input.sizes());
+    s.layout = padded_layout(input.size(0), input.size(1));
+  }
+  s.I = input.size(-1);
   TORCH_CHECK(dtype_supported(input), op, ": input must be float32 or float64",
               " (float16 and bfloat16 on CUDA), got ", input.scalar_type(), " on ", input.device());
   check_defined(op, "weight_hh", weight_hh);
   TORCH_CHECK(weight_hh.dim() == 2 && weight_hh.size(0) == 4 * weight_hh.size(1), op,
               ": weight_hh must have shape [4*hidden_size, hidden_size], got ", weight_hh.sizes());
-  const LayerSizes s{input.size(0), input.size(1), input.size(2), weight_hh.size(1)};
+  s.H = weight_hh.size(1);
+  const int64_t B = s.layout.batch;
 
   check_shape(op, "weight_ih", weight_ih, {4 * s.H, s.I}, "[4*hidden_size, input_size]");
   TORCH_CHECK(bias_ih.defined() == bias_hh.defined(), op,
@@ -63,8 +82,8 @@ LayerSizes check_layer_forward_args(const char* op, const at::Tensor& input, con
     check_shape(op, "bias_ih", bias_ih, {4 * s.H}, "[4*hidden_size]");
     check_shape(op, "bias_hh", bias_hh, {4 * s.H}, "[4*hidden_size]");
   }
-  check_shape(op, "h0", h0, {s.B, s.H}, "[batch, hidden_size]");
-  check_shape(op, "c0", c0, {s.B, s.H}, "[batch, hidden_size]");
+  check_shape(op, "h0", h0, {B, s.H}, "[batch, hidden_size]");
+  check_shape(op, "c0", c0, {B, s.H}, "[batch, hidden_size]");
 
   check_like_input(op, input, "weight_ih", weight_ih);
   check_like_input(op, input, "weight_hh", weight_hh);
@@ -79,20 +98,23 @@ LayerSizes check_layer_forward_args(const char* op, const at::Tensor& input, con
 
 LayerSizes check_layer_backward_args(const char* op, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                                      const at::Tensor& grad_c_n, const at::Tensor& input,
-                                     const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                                     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& output,
-                                     const at::Tensor& gates, const at::Tensor& cells) {
+                                     const at::Tensor& batch_sizes, const at::Tensor& weight_ih,
+                                     const at::Tensor& weight_hh, const at::Tensor& h0, const at::Tensor& c0,
+                                     const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cells) {
   const LayerSizes s =
-      check_layer_forward_args(op, input, weight_ih, weight_hh, at::Tensor(), at::Tensor(), h0, c0);
-  check_shape(op, "grad_output", grad_output, {s.T, s.B, s.H}, "[seq_len, batch, hidden_size]");
-  check_shape(op, "grad_h_n", grad_h_n, {s.B, s.H}, "[batch, hidden_size]");
-  check_shape(op, "grad_c_n", grad_c_n, {s.B, s.H}, "[batch, hidden_size]");
-  check_shape(op, "output", output, {s.T, s.B, s.H}, "[seq_len, batch, hidden_size]");
+      check_layer_forward_args(op, input, batch_sizes, weight_ih, weight_hh, at::Tensor(), at::Tensor(), h0, c0);
+  const int64_t B = s.layout.batch;
+  const char* per_step = s.packed ? "[rows, hidden_size]" : "[seq_len, batch, hidden_size]";
+  check_shape(op, "grad_output", grad_output, s.sequence_shape(s.H), per_step);
+  check_shape(op, "grad_h_n", grad_h_n, {B, s.H}, "[batch, hidden_size]");
+  check_shape(op, "grad_c_n", grad_c_n, {B, s.H}, "[batch, hidden_size]");
+  check_shape(op, "output", output, s.sequence_shape(s.H), per_step);
   check_defined(op, "gates", gates);
-  TORCH_CHECK(!(gates.numel() == 0 && s.T * s.B * s.H > 0), op,
+  TORCH_CHECK(!(gates.numel() == 0 && s.layout.rows * s.H > 0), op,
               ": gates is empty: the forward ran with training=False and kept nothing for the backward");
-  check_shape(op, "gates", gates, {s.T, s.B, 4 * s.H}, "[seq_len, batch, 4*hidden_size]");
-  check_shape(op, "cells", cells, {s.T, s.B, s.H}, "[seq_len, batch, hidden_size]");
+  check_shape(op, "gates", gates, s.sequence_shape(4 * s.H),
+              s.packed ? "[rows, 4*hidden_size]" : "[seq_len, batch, 4*hidden_size]");
+  check_shape(op, "cells", cells, s.sequence_shape(s.H), per_step);
   check_like_input(op, input, "grad_output", grad_output);
   check_like_input(op, input, "grad_h_n", grad_h_n);
   check_like_input(op, input, "grad_c_n", grad_c_n);

@@ -1,106 +1,184 @@
 // lstm_recurrence.cpp -- see lstm_recurrence.h. The algorithm is cuDNN's and Haste's layer-level
 // shape (Appleyard et al. 2016): hoist the input GEMM over all steps, then per step one GEMM into the
 // step's slice and one fused pointwise pass; the backward mirrors it and leaves the weight gradients to
-// three large GEMMs after the loop. No atomics anywhere, so gradients are bitwise repeatable.
+// large GEMMs after the loop. No atomics anywhere, so gradients are bitwise repeatable.
 #include "lstm_recurrence.h"
 
 #include <ATen/ATen.h>
 
-namespace lstm_ext {
+#include <algorithm>
 
-LayerForwardResult lstm_layer_forward(const PointwiseSteps& steps, const at::Tensor& input,
-                                      const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                                      const at::Tensor& bias_ih, const at::Tensor& bias_hh,
-                                      const at::Tensor& h0, const at::Tensor& c0, bool reverse,
-                                      bool training) {
-  const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
+namespace lstm_ext {
+namespace {
+
+// The live rows of step t and where their h_{t-1}, c_{t-1} come from: the first `continuing` rows
+// from the step before in the direction's order (t-1, or t+1 in reverse), the rest from h0/c0 (every
+// row at the first step; in reverse, the sequences that end at step t and so start there).
+struct StepRows {
+  int64_t offset;       // first row of step t
+  int64_t rows;         // live rows
+  int64_t continuing;   // rows that continue from the previous step
+  int64_t prev_offset;  // first row of the previous step
+};
+
+StepRows step_rows(const SequenceLayout& layout, int64_t t, bool reverse) {
+  const int64_t prev_t = reverse ? t + 1 : t - 1;
+  const bool has_prev = prev_t >= 0 && prev_t < layout.steps();
+  const int64_t rows = layout.batch_sizes[t];
+  return {layout.offsets[t], rows, has_prev ? std::min(rows, layout.batch_sizes[prev_t]) : 0,
+          has_prev ? layout.offsets[prev_t] : 0};
+}
+
+// Calls fn(first_row, row_count, from_previous_step) for the (at most two) groups of a step's rows that
+// take their previous state from the same place.
+template <typename Fn>
+void for_each_state_source(const StepRows& s, const Fn& fn) {
+  if (s.continuing > 0) {
+    fn(int64_t{0}, s.continuing, true);
+  }
+  if (s.rows > s.continuing) {
+    fn(s.continuing, s.rows - s.continuing, false);
+  }
+}
+
+// Rows [first, first + count) of the previous state: of the previous step in `per_step`, or of `initial`.
+at::Tensor previous_rows(const StepRows& s, const at::Tensor& per_step, const at::Tensor& initial, int64_t first,
+                         int64_t count, bool from_previous_step) {
+  return from_previous_step ? per_step.narrow(0, s.prev_offset + first, count) : initial.narrow(0, first, count);
+}
+
+// sum over steps of dG[t]^T h_{t-1}, as one GEMM over all rows.
+at::Tensor recurrent_weight_grad(const SequenceLayout& layout, const at::Tensor& grad_gates, const at::Tensor& output,
+                                 const at::Tensor& h0, bool reverse) {
+  const int64_t T = layout.steps(), B = layout.batch, H = h0.size(1);
+  if (T == 0) {
+    return at::zeros({grad_gates.size(1), H}, grad_gates.options());
+  }
+  if (layout.uniform()) {
+    // A padded batch: the first step pairs with h0, the others with one contiguous block of output rows.
+    const int64_t first_t = reverse ? T - 1 : 0;
+    at::Tensor grad = at::mm(grad_gates.narrow(0, first_t * B, B).t(), h0);
+    if (T > 1) {
+      grad.addmm_(grad_gates.narrow(0, reverse ? 0 : B, (T - 1) * B).t(), output.narrow(0, reverse ? B : 0, (T - 1) * B));
+    }
+    return grad;
+  }
+  // Packed: gather every row's h_{t-1} next to its dG row, then one GEMM.
+  at::Tensor h_prev = at::empty({layout.rows, H}, output.options());
+  for (int64_t t = 0; t < T; ++t) {
+    const StepRows s = step_rows(layout, t, reverse);
+    for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
+      h_prev.narrow(0, s.offset + first, count).copy_(previous_rows(s, output, h0, first, count, from_prev));
+    });
+  }
+  return at::mm(grad_gates.t(), h_prev);
+}
+
+}  // namespace
+
+LayerForwardResult lstm_layer_forward(const PointwiseSteps& steps, const SequenceLayout& layout,
+                                      const at::Tensor& input, const at::Tensor& weight_ih,
+                                      const at::Tensor& weight_hh, const at::Tensor& bias_ih,
+                                      const at::Tensor& bias_hh, const at::Tensor& h0, const at::Tensor& c0,
+                                      bool reverse, bool training) {
+  const int64_t N = layout.rows, T = layout.steps();
   const int64_t H = weight_hh.size(1);
   const auto options = input.options();
 
   // 1. The input projection of every step in one GEMM, both biases folded in.
-  at::Tensor gates = at::empty({T, B, 4 * H}, options);
-  at::Tensor gates_2d = gates.view({T * B, 4 * H});
-  const at::Tensor input_2d = input.view({T * B, I});
+  at::Tensor gates = at::empty({N, 4 * H}, options);
   if (bias_ih.defined()) {
-    at::addmm_out(gates_2d, bias_ih + bias_hh, input_2d, weight_ih.t());
+    at::addmm_out(gates, bias_ih + bias_hh, input, weight_ih.t());
   } else {
-    at::mm_out(gates_2d, input_2d, weight_ih.t());
+    at::mm_out(gates, input, weight_ih.t());
   }
 
-  // 2. Per step: the recurrent GEMM accumulated into the step's own slice, then the fused pass. In
-  // training the pass leaves the activated gates in place and c_t in `cells`; in inference c is
-  // updated in place in one [B, H] buffer.
-  at::Tensor output = at::empty({T, B, H}, options);
-  at::Tensor cells = training ? at::empty({T, B, H}, options) : at::empty({0}, options);
+  // 2. Per step: the recurrent GEMM accumulated into the step's own rows, then the fused pass. In
+  // training the pass leaves the activated gates in place and c_t in `cells`; in inference c is updated
+  // in place in one [B, H] buffer, whose rows hold c0 until their sequence starts and the last c after.
+  at::Tensor output = at::empty({N, H}, options);
+  at::Tensor cells = training ? at::empty({N, H}, options) : at::empty({0}, options);
   at::Tensor c_state = training ? at::Tensor() : c0.clone(at::MemoryFormat::Contiguous);
   const at::Tensor weight_hh_t = weight_hh.t();
-  at::Tensor h_prev = h0;
-  at::Tensor c_prev = training ? c0 : c_state;
   for (int64_t step = 0; step < T; ++step) {
     const int64_t t = reverse ? T - 1 - step : step;
-    at::Tensor gates_t = gates.select(0, t);
-    gates_t.addmm_(h_prev, weight_hh_t);
-    at::Tensor h_t = output.select(0, t);
-    at::Tensor c_t = training ? cells.select(0, t) : c_state;
-    steps.forward(ForwardStepArgs{gates_t, c_prev, h_t, c_t, training});
-    h_prev = h_t;
-    c_prev = c_t;
+    const StepRows s = step_rows(layout, t, reverse);
+    at::Tensor gates_t = gates.narrow(0, s.offset, s.rows);
+    for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
+      gates_t.narrow(0, first, count).addmm_(previous_rows(s, output, h0, first, count, from_prev), weight_hh_t);
+    });
+    at::Tensor h_t = output.narrow(0, s.offset, s.rows);
+    if (training) {
+      for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
+        steps.forward(ForwardStepArgs{gates_t.narrow(0, first, count),
+                                      previous_rows(s, cells, c0, first, count, from_prev),
+                                      h_t.narrow(0, first, count), cells.narrow(0, s.offset + first, count), true});
+      });
+    } else {
+      at::Tensor c = c_state.narrow(0, 0, s.rows);
+      steps.forward(ForwardStepArgs{gates_t, c, h_t, c, false});
+    }
   }
 
+  // 3. Each sequence's last state: in reverse all of them end at step 0; forward, the rows that leave
+  // the batch after step t end there.
   LayerForwardResult result;
+  result.h_n = h0.clone(at::MemoryFormat::Contiguous);
+  result.c_n = training ? c0.clone(at::MemoryFormat::Contiguous) : c_state;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t still_live = reverse ? 0 : (t + 1 < T ? layout.batch_sizes[t + 1] : 0);
+    const int64_t ending = reverse ? (t == 0 ? layout.batch_sizes[0] : 0) : layout.batch_sizes[t] - still_live;
+    if (ending > 0) {
+      const int64_t row = layout.offsets[t] + still_live;
+      result.h_n.narrow(0, still_live, ending).copy_(output.narrow(0, row, ending));
+      if (training) {
+        result.c_n.narrow(0, still_live, ending).copy_(cells.narrow(0, row, ending));
+      }
+    }
+  }
   result.output = output;
-  result.h_n = h_prev.clone(at::MemoryFormat::Contiguous);
-  result.c_n = training ? c_prev.clone(at::MemoryFormat::Contiguous) : c_state;
   result.gates = training ? gates : at::empty({0}, options);
   result.cells = cells;
   return result;
 }
 
-LayerBackwardResult lstm_layer_backward(const PointwiseSteps& steps, const at::Tensor& grad_output,
-                                        const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
-                                        const at::Tensor& input, const at::Tensor& weight_ih,
-                                        const at::Tensor& weight_hh, const at::Tensor& h0,
-                                        const at::Tensor& c0, const at::Tensor& output,
+LayerBackwardResult lstm_layer_backward(const PointwiseSteps& steps, const SequenceLayout& layout,
+                                        const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                                        const at::Tensor& grad_c_n, const at::Tensor& input,
+                                        const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                        const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& output,
                                         const at::Tensor& gates, const at::Tensor& cells, bool reverse,
                                         bool has_bias) {
-  const int64_t T = input.size(0), B = input.size(1), I = input.size(2);
+  const int64_t N = layout.rows, T = layout.steps();
   const int64_t H = weight_hh.size(1);
   const auto options = input.options();
 
-  // 1. Walk the steps last to first (in the direction's own order): the fused pass turns the kept
-  // gates and the incoming dh, dc into dG[t] and dc_{t-1}; one GEMM carries dh to step t-1.
-  at::Tensor grad_gates = at::empty({T, B, 4 * H}, options);
+  // 1. Walk the steps last to first (in the direction's own order). grad_h and grad_c are [B, H]: a
+  // row holds the sequence's grad_h_n/grad_c_n until its last step is reached, then the gradient
+  // flowing back through the recurrence, and, once the sequence's first step is done, dh0/dc0.
+  at::Tensor grad_gates = at::empty({N, 4 * H}, options);
   at::Tensor grad_h = grad_h_n.clone(at::MemoryFormat::Contiguous);
   at::Tensor grad_c = grad_c_n.clone(at::MemoryFormat::Contiguous);
   for (int64_t step = 0; step < T; ++step) {
     const int64_t t = reverse ? step : T - 1 - step;
-    const bool first_in_time = reverse ? t == T - 1 : t == 0;
-    const at::Tensor c_prev = first_in_time ? c0 : cells.select(0, reverse ? t + 1 : t - 1);
-    at::Tensor grad_gates_t = grad_gates.select(0, t);
-    steps.backward(BackwardStepArgs{gates.select(0, t), cells.select(0, t), c_prev,
-                                    grad_output.select(0, t), grad_h, grad_c, grad_gates_t});
-    at::mm_out(grad_h, grad_gates_t, weight_hh);
+    const StepRows s = step_rows(layout, t, reverse);
+    for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
+      const int64_t row = s.offset + first;
+      steps.backward(BackwardStepArgs{gates.narrow(0, row, count), cells.narrow(0, row, count),
+                                      previous_rows(s, cells, c0, first, count, from_prev),
+                                      grad_output.narrow(0, row, count), grad_h.narrow(0, first, count),
+                                      grad_c.narrow(0, first, count), grad_gates.narrow(0, row, count)});
+    });
+    at::Tensor grad_h_live = grad_h.narrow(0, 0, s.rows);
+    at::mm_out(grad_h_live, grad_gates.narrow(0, s.offset, s.rows), weight_hh);
   }
 
   // 2. Everything that does not feed the recurrence, as large GEMMs over all steps at once.
   LayerBackwardResult result;
-  const at::Tensor grad_gates_2d = grad_gates.view({T * B, 4 * H});
-  result.grad_input = at::mm(grad_gates_2d, weight_ih).view({T, B, I});
-  result.grad_weight_ih = at::mm(grad_gates_2d.t(), input.view({T * B, I}));
-  // dW_hh = sum_t dG[t]^T h_{t-1}: the first step (in time order) pairs with h0, the others with the
-  // neighbouring output rows, which are one contiguous block.
-  result.grad_weight_hh = at::zeros({4 * H, H}, options);
-  if (T > 0) {
-    const int64_t first_t = reverse ? T - 1 : 0;
-    at::mm_out(result.grad_weight_hh, grad_gates.select(0, first_t).t(), h0);
-    if (T > 1) {
-      const at::Tensor grad_gates_rest = grad_gates.narrow(0, reverse ? 0 : 1, T - 1);
-      const at::Tensor h_prev_rest = output.narrow(0, reverse ? 1 : 0, T - 1);
-      result.grad_weight_hh.addmm_(grad_gates_rest.reshape({(T - 1) * B, 4 * H}).t(),
-                                   h_prev_rest.reshape({(T - 1) * B, H}));
-    }
-  }
-  result.grad_bias = has_bias ? grad_gates_2d.sum(0) : at::empty({0}, options);
+  result.grad_input = at::mm(grad_gates, weight_ih);
+  result.grad_weight_ih = at::mm(grad_gates.t(), input);
+  result.grad_weight_hh = recurrent_weight_grad(layout, grad_gates, output, h0, reverse);
+  result.grad_bias = has_bias ? grad_gates.sum(0) : at::empty({0}, options);
   result.grad_h0 = grad_h;
   result.grad_c0 = grad_c;
   return result;

@@ -23,6 +23,7 @@ CPU_SOURCES = [
     "ops.cpp",
     "layer_ops.cpp",
     "arg_checks.cpp",
+    "sequence_layout.cpp",
     "lstm_recurrence.cpp",
     "cpu/pointwise_cpu.cpp",
     "emulated/pointwise_emulated.cpp",  # the CUDA kernels run on the CPU, for the tests

@@ -19,16 +19,18 @@ def compiled_backends() -> tuple[str, ...]:
 
 
 @torch.library.register_fake("lstm_ext::lstm_layer_forward")
-def _lstm_layer_forward_fake(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse, training):
-    torch._check(input.dim() == 3, lambda: f"lstm_layer_forward: input must be 3-D, got {input.dim()}-D")
-    seq_len, batch, _ = input.shape
+def _lstm_layer_forward_fake(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse, training):
+    expected_dim = 3 if batch_sizes is None else 2
+    torch._check(input.dim() == expected_dim,
+                 lambda: f"lstm_layer_forward: input must be {expected_dim}-D, got {input.dim()}-D")
     hidden = weight_hh.shape[1]
-    output = input.new_empty((seq_len, batch, hidden))
-    h_n = input.new_empty((batch, hidden))
-    c_n = input.new_empty((batch, hidden))
+    per_step = input.shape[:-1]  # (T, B) padded, (N,) packed
+    output = input.new_empty((*per_step, hidden))
+    h_n = h0.new_empty(h0.shape)
+    c_n = c0.new_empty(c0.shape)
     if training:
-        gates = input.new_empty((seq_len, batch, 4 * hidden))
-        cells = input.new_empty((seq_len, batch, hidden))
+        gates = input.new_empty((*per_step, 4 * hidden))
+        cells = input.new_empty((*per_step, hidden))
     else:
         gates = input.new_empty((0,))
         cells = input.new_empty((0,))
@@ -36,8 +38,8 @@ def _lstm_layer_forward_fake(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, 
 
 
 @torch.library.register_fake("lstm_ext::lstm_layer_backward")
-def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh, h0, c0, output,
-                              gates, cells, reverse, has_bias):
+def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, weight_ih, weight_hh, h0, c0,
+                              output, gates, cells, reverse, has_bias):
     hidden = weight_hh.shape[1]
     grad_bias = input.new_empty((4 * hidden,)) if has_bias else input.new_empty((0,))
     return (

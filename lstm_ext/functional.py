@@ -16,8 +16,8 @@ from . import _ops
 from .autograd import LSTMFunction
 
 
-def _layer(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse):
-    tensors = (input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0)
+def _layer(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse):
+    tensors = (input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if needs_grad:
         output, h_n, c_n, _, _ = LSTMFunction.apply(*tensors, reverse, True)
@@ -36,17 +36,22 @@ def lstm(
     training: bool,
     bidirectional: bool,
     batch_first: bool,
+    batch_sizes: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """The functional LSTM, in the argument order of ``torch._VF.lstm``.
 
-    input: ``[T, B, I]`` (``[B, T, I]`` when batch_first); hx: ``(h0, c0)``, each
+    input: ``[T, B, I]`` (``[B, T, I]`` when batch_first), or with ``batch_sizes`` the rows ``[N, I]``
+    of a PackedSequence (sorted by length; batch_first does not apply); hx: ``(h0, c0)``, each
     ``[num_layers * num_directions, B, H]``; flat_weights: per layer, per direction,
     ``weight_ih, weight_hh[, bias_ih, bias_hh]`` (``nn.LSTM``'s order). Dropout is applied to the output
-    of every layer but the last when training. Returns ``(output, (h_n, c_n))``.
+    of every layer but the last when training. Returns ``(output, (h_n, c_n))``, output in the layout
+    of input, h_n and c_n each sequence's last state.
     """
-    if input.dim() != 3:
-        raise ValueError(f"lstm: input must be 3-D ({'[B, T, I]' if batch_first else '[T, B, I]'}), "
-                         f"got {input.dim()}-D with shape {tuple(input.shape)}")
+    expected_dim = 3 if batch_sizes is None else 2
+    if input.dim() != expected_dim:
+        layout = "[N, I] (packed)" if batch_sizes is not None else ("[B, T, I]" if batch_first else "[T, B, I]")
+        raise ValueError(f"lstm: input must be {expected_dim}-D {layout}, got {input.dim()}-D with shape "
+                         f"{tuple(input.shape)}")
     num_directions = 2 if bidirectional else 1
     per_direction = 4 if has_biases else 2
     expected = num_layers * num_directions * per_direction
@@ -59,7 +64,8 @@ def lstm(
             raise ValueError(f"lstm: {name} must have shape [num_layers * num_directions = "
                              f"{num_layers * num_directions}, batch, hidden_size], got {tuple(state.shape)}")
 
-    layer_input = input.transpose(0, 1) if batch_first else input
+    to_time_major = batch_first and batch_sizes is None
+    layer_input = input.transpose(0, 1) if to_time_major else input
     h_n, c_n = [], []
     for layer in range(num_layers):
         direction_outputs = []
@@ -67,14 +73,14 @@ def lstm(
             index = layer * num_directions + direction
             w = flat_weights[index * per_direction:(index + 1) * per_direction]
             bias_ih, bias_hh = (w[2], w[3]) if has_biases else (None, None)
-            output, h, c = _layer(layer_input, w[0], w[1], bias_ih, bias_hh, h0[index], c0[index],
+            output, h, c = _layer(layer_input, batch_sizes, w[0], w[1], bias_ih, bias_hh, h0[index], c0[index],
                                   reverse=direction == 1)
             direction_outputs.append(output)
             h_n.append(h)
             c_n.append(c)
-        layer_output = direction_outputs[0] if num_directions == 1 else torch.cat(direction_outputs, dim=2)
+        layer_output = direction_outputs[0] if num_directions == 1 else torch.cat(direction_outputs, dim=-1)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_output = F.dropout(layer_output, p=dropout, training=True)
         layer_input = layer_output
-    output = layer_input.transpose(0, 1) if batch_first else layer_input
+    output = layer_input.transpose(0, 1) if to_time_major else layer_input
     return output, (torch.stack(h_n), torch.stack(c_n))

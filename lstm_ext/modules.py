@@ -106,41 +106,28 @@ class LSTM(nn.Module):
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
             )
 
-    def _check_state(self, name: str, state: Tensor, expected: tuple[int, int, int], input: Tensor) -> None:
-        if tuple(state.shape) != expected:
-            raise RuntimeError(f"Expected {name} size {expected}, got {list(state.shape)}")  # nn.LSTM's words
-        if state.dtype != input.dtype:
-            raise ValueError(f"LSTM {name} dtype ({state.dtype}) does not match input dtype ({input.dtype})")
-        if state.device != input.device:
-            raise ValueError(f"LSTM {name} is on {state.device} but input is on {input.device}")
-
-    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
-        if isinstance(input, PackedSequence):
-            raise NotImplementedError(
-                "lstm_ext.LSTM does not take a PackedSequence yet; pad the batch (pad_packed_sequence) or use "
-                "torch.nn.LSTM for packed input"
-            )
+    def forward(self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None):
         if self.proj_size > 0:
             raise NotImplementedError(
                 "lstm_ext.LSTM does not run proj_size > 0 yet; use torch.nn.LSTM for LSTMs with projections"
             )
+        weights = self._flat_weights
+        num_directions = 2 if self.bidirectional else 1
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx, weights, num_directions)
+
         if input.dim() not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
-        weights = self._flat_weights
         self._check_input(input, weights[0].dtype)
         is_batched = input.dim() == 3
         batch_dim = 0 if self.batch_first else 1
         if not is_batched:
             input = input.unsqueeze(batch_dim)
-        batch = input.size(batch_dim)
-        num_directions = 2 if self.bidirectional else 1
-        state_shape = (self.num_layers * num_directions, batch, self.hidden_size)
+        state_shape = (self.num_layers * num_directions, input.size(batch_dim), self.hidden_size)
         if hx is None:
-            zeros = torch.zeros(state_shape, dtype=input.dtype, device=input.device)
-            hx = (zeros, zeros)
+            hx = self._zero_state(state_shape, input)
         else:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0) of tensors, got {type(hx).__name__}")
+            self._check_state_tuple(hx)
             expected_dim = 3 if is_batched else 2
             if hx[0].dim() != expected_dim or hx[1].dim() != expected_dim:
                 raise RuntimeError(
@@ -149,8 +136,7 @@ class LSTM(nn.Module):
                 )
             if not is_batched:
                 hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-            self._check_state("hidden[0]", hx[0], state_shape, input)
-            self._check_state("hidden[1]", hx[1], state_shape, input)
+            self._check_states(hx, state_shape, input)
 
         output, (h_n, c_n) = lstm(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
                                   self.bidirectional, self.batch_first)
@@ -158,6 +144,46 @@ class LSTM(nn.Module):
             output = output.squeeze(batch_dim)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return output, (h_n, c_n)
+
+    def _forward_packed(self, packed: PackedSequence, hx, weights, num_directions):
+        data, batch_sizes, sorted_indices, unsorted_indices = packed
+        if data.dim() != 2:
+            raise RuntimeError(f"input must have 2 dimensions, got {data.dim()}")
+        self._check_input(data, weights[0].dtype)
+        state_shape = (self.num_layers * num_directions, int(batch_sizes[0]), self.hidden_size)
+        if hx is None:
+            hx = self._zero_state(state_shape, data)
+        else:
+            self._check_state_tuple(hx)
+            # The states are given in the caller's batch order; the packed rows are sorted by length.
+            hx = tuple(_permute_batch(state, sorted_indices) for state in hx)
+            self._check_states(hx, state_shape, data)
+        output, (h_n, c_n) = lstm(data, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
+                                  self.bidirectional, False, batch_sizes=batch_sizes)
+        output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+        return output, (_permute_batch(h_n, unsorted_indices), _permute_batch(c_n, unsorted_indices))
+
+    def _zero_state(self, shape, input: Tensor) -> tuple[Tensor, Tensor]:
+        zeros = torch.zeros(shape, dtype=input.dtype, device=input.device)
+        return zeros, zeros
+
+    @staticmethod
+    def _check_state_tuple(hx) -> None:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(s, Tensor) for s in hx):
+            raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
+
+    def _check_states(self, hx, expected_shape, input: Tensor) -> None:
+        for name, state in (("hidden[0]", hx[0]), ("hidden[1]", hx[1])):
+            if tuple(state.shape) != expected_shape:  # nn.LSTM's words
+                raise RuntimeError(f"Expected {name} size {expected_shape}, got {list(state.shape)}")
+            if state.dtype != input.dtype:
+                raise ValueError(f"LSTM {name} dtype ({state.dtype}) does not match input dtype ({input.dtype})")
+            if state.device != input.device:
+                raise ValueError(f"LSTM {name} is on {state.device} but input is on {input.device}")
+
+
+def _permute_batch(state: Tensor, permutation: Tensor | None) -> Tensor:
+    return state if permutation is None else state.index_select(1, permutation)
 
 
 class LSTMCell(nn.Module):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import lstm_ext
 
@@ -25,6 +26,7 @@ class Config:
     bias: bool = True
     given_state: bool = False
     unbatched: bool = False
+    lengths: tuple[int, ...] | None = None  # packed input: each sequence's length (any order); batch = len
 
 
 def make_pair(cfg: Config, dtype, device, load_into="ext"):
@@ -42,11 +44,16 @@ def make_pair(cfg: Config, dtype, device, load_into="ext"):
 
 
 def make_inputs(cfg: Config, dtype, device):
+    """(x, hx): x a tensor, or a PackedSequence (enforce_sorted=False) when cfg.lengths is set."""
     d = 2 if cfg.bidirectional else 1
+    if cfg.lengths is not None:
+        cfg = dataclasses.replace(cfg, seq_len=max(cfg.lengths), batch=len(cfg.lengths), unbatched=False)
     shape = (cfg.batch, cfg.seq_len, cfg.input_size) if cfg.batch_first else (cfg.seq_len, cfg.batch, cfg.input_size)
     if cfg.unbatched:
         shape = (cfg.seq_len, cfg.input_size)
     x = torch.randn(shape, dtype=dtype, device=device)
+    if cfg.lengths is not None:
+        x = pack_padded_sequence(x, torch.tensor(cfg.lengths), batch_first=cfg.batch_first, enforce_sorted=False)
     if not cfg.given_state:
         return x, None
     state_shape = (cfg.num_layers * d, cfg.hidden_size) if cfg.unbatched else (cfg.num_layers * d, cfg.batch, cfg.hidden_size)
@@ -55,12 +62,19 @@ def make_inputs(cfg: Config, dtype, device):
 
 def run_with_grads(module, x, hx):
     """Forward and backward of a loss that touches output, h_n and c_n; returns values and gradients."""
-    x = x.detach().clone().requires_grad_(True)
-    leaves = [x]
+    if isinstance(x, PackedSequence):
+        data = x.data.detach().clone().requires_grad_(True)
+        leaves = [data]
+        x = PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices)
+    else:
+        x = x.detach().clone().requires_grad_(True)
+        leaves = [x]
     if hx is not None:
         hx = tuple(s.detach().clone().requires_grad_(True) for s in hx)
         leaves += list(hx)
     output, (h_n, c_n) = module(x, hx)
+    if isinstance(output, PackedSequence):
+        output = output.data
     # Fixed, distinct weights per output so that every gradient path is exercised.
     gen = torch.Generator().manual_seed(1)
     w_out = torch.randn(output.shape, generator=gen, dtype=output.dtype).to(output.device)

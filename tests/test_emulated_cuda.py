@@ -31,20 +31,29 @@ GEOMETRIES = [  # (threads_per_block, max_blocks, force_64bit_index)
 ]
 
 
-def layer_args(T, B, I, H, dtype, bias=True):
+def layer_args(T, B, I, H, dtype, bias=True, packed=False):
+    """[input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0]; packed: B sequences of
+    lengths T, T-1, ... (at least 1), so rows leave the batch at several steps."""
     def t(*shape):
         return torch.randn(*shape, dtype=dtype)
     b_ih, b_hh = (t(4 * H), t(4 * H)) if bias else (None, None)
-    return [t(T, B, I), t(4 * H, I), t(4 * H, H), b_ih, b_hh, t(B, H), t(B, H)]
+    if packed:
+        lengths = [max(T - b, 1) for b in range(B)]
+        batch_sizes = torch.tensor([sum(1 for n in lengths if n > step) for step in range(T)])
+        x = t(int(batch_sizes.sum()), I)
+    else:
+        x, batch_sizes = t(T, B, I), None
+    return [x, batch_sizes, t(4 * H, I), t(4 * H, H), b_ih, b_hh, t(B, H), t(B, H)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("sizes", SIZES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "tpb{}_blocks{}_{}".format(g[0], g[1], "i64" if g[2] else "i32"))
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_emulated_cuda_equals_cpu(dtype, sizes, geometry, reverse):
-    args = layer_args(*sizes, dtype=dtype, bias=sizes[0] != 3)  # one size runs without bias
-    has_bias = args[3] is not None
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_emulated_cuda_equals_cpu(dtype, sizes, geometry, reverse, packed):
+    args = layer_args(*sizes, dtype=dtype, bias=sizes[0] != 3, packed=packed)  # one size runs without bias
+    has_bias = args[4] is not None
     launch_order_reversed = sizes[1] % 2 == 1  # both block/thread orders are exercised across sizes
     launch = (*geometry, launch_order_reversed)
 
@@ -55,9 +64,9 @@ def test_emulated_cuda_equals_cpu(dtype, sizes, geometry, reverse):
             torch.testing.assert_close(a, e, **TOLERANCES[dtype], msg=lambda m: f"forward {name}: {m}")
 
     output, h_n, c_n, gates, cells = cpu_forward(*args, reverse, True)
-    x, w_ih, w_hh, _, _, h0, c0 = args
+    x, batch_sizes, w_ih, w_hh, _, _, h0, c0 = args
     grads = [torch.randn_like(output), torch.randn_like(h_n), torch.randn_like(c_n)]
-    backward_args = (*grads, x, w_ih, w_hh, h0, c0, output, gates, cells, reverse, has_bias)
+    backward_args = (*grads, x, batch_sizes, w_ih, w_hh, h0, c0, output, gates, cells, reverse, has_bias)
     expected = cpu_backward(*backward_args)
     actual = emulated_backward(*backward_args, *launch)
     names = ["grad_input", "grad_weight_ih", "grad_weight_hh", "grad_bias", "grad_h0", "grad_c0"]
@@ -81,7 +90,7 @@ def test_emulated_cuda_gradients_match_nn_lstm_through_the_cpu_reference():
     c0 = torch.randn(1, B, H, dtype=torch.float64)
     expected_output, (expected_h, expected_c) = ref(x, (h0, c0))
     weights = [ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0, ref.bias_hh_l0]
-    output, h_n, c_n, _, _ = emulated_forward(x, *[w.detach() for w in weights], h0[0], c0[0], False, True,
+    output, h_n, c_n, _, _ = emulated_forward(x, None, *[w.detach() for w in weights], h0[0], c0[0], False, True,
                                               16, 2, False, False)
     torch.testing.assert_close(output, expected_output.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(h_n, expected_h[0].detach(), rtol=1e-12, atol=1e-12)

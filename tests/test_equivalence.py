@@ -51,3 +51,22 @@ def test_float32_long_sequence(device):
     # Errors compound over steps: a longer float32 run still holds the tolerance.
     assert_equal_to_nn_lstm(Config(seq_len=64, batch=8, input_size=32, hidden_size=48, num_layers=2,
                                    bidirectional=True, given_state=True), torch.float32, device)
+
+
+PACKED_LENGTHS = [  # unsorted on purpose: enforce_sorted=False, so sorted/unsorted indices are exercised
+    (1,),
+    (3, 5, 2),
+    (4, 4, 4),
+    (2, 7, 7, 1, 3, 6),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("lengths", PACKED_LENGTHS, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "L{}{}{}".format(s[0], "bi" if s[1] else "uni", "bf" if s[2] else "tf"))
+@pytest.mark.parametrize("given_state", [False, True], ids=["zero_state", "given_state"])
+def test_packed_sequence_matches_nn_lstm(device, dtype, lengths, shape, given_state):
+    L, bidirectional, batch_first = shape
+    cfg = Config(input_size=3, hidden_size=5, num_layers=L, bidirectional=bidirectional, batch_first=batch_first,
+                 given_state=given_state, lengths=lengths)
+    assert_equal_to_nn_lstm(cfg, dtype, device)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import lstm_ext
 from lstm_reference import Config, make_pair
@@ -157,11 +157,19 @@ def test_wrongly_shaped_parameter_is_refused(device):
         ext(torch.randn(5, 3, 4, device=device))
 
 
+def test_packed_output_is_a_packed_sequence(device):
+    ref, ext = make_pair(Config(input_size=4, hidden_size=6), torch.float64, device)
+    packed = pack_padded_sequence(torch.randn(5, 2, 4, dtype=torch.float64, device=device), torch.tensor([3, 5]),
+                                  enforce_sorted=False)
+    output, _ = ext(packed)
+    expected, _ = ref(packed)
+    assert isinstance(output, PackedSequence)
+    assert torch.equal(output.batch_sizes, expected.batch_sizes)
+    assert torch.equal(output.sorted_indices, expected.sorted_indices)
+    assert torch.equal(output.unsorted_indices, expected.unsorted_indices)
+
+
 def test_not_yet_supported_inputs_raise(device):
-    ext = lstm_ext.LSTM(4, 6, device=device)
-    packed = pack_padded_sequence(torch.randn(5, 2, 4, device=device), torch.tensor([5, 3]))
-    with pytest.raises(NotImplementedError, match="PackedSequence"):
-        ext(packed)
     with pytest.raises(NotImplementedError, match="proj_size"):
         lstm_ext.LSTM(4, 6, proj_size=3, device=device)(torch.randn(5, 2, 4, device=device))
     with pytest.raises(NotImplementedError, match="LSTMCell"):

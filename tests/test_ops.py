@@ -11,37 +11,57 @@ forward_op = torch.ops.lstm_ext.lstm_layer_forward
 backward_op = torch.ops.lstm_ext.lstm_layer_backward
 
 
-def layer_args(device, dtype=torch.float64, T=4, B=3, I=5, H=6, bias=True, requires_grad=False):
+def layer_args(device, dtype=torch.float64, T=4, B=3, I=5, H=6, bias=True, requires_grad=False, lengths=None):
+    """The forward op's tensor arguments: [input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0].
+    With `lengths` (sorted, longest first) the input is packed rows with their batch_sizes."""
     def t(*shape):
         return torch.randn(*shape, dtype=dtype, device=device, requires_grad=requires_grad)
     b_ih, b_hh = (t(4 * H), t(4 * H)) if bias else (None, None)
-    return [t(T, B, I), t(4 * H, I), t(4 * H, H), b_ih, b_hh, t(B, H), t(B, H)]
+    if lengths is None:
+        x, batch_sizes = t(T, B, I), None
+    else:
+        batch_sizes = torch.tensor([sum(1 for n in lengths if n > step) for step in range(max(lengths))])
+        x, B = t(int(batch_sizes.sum()), I), len(lengths)
+    return [x, batch_sizes, t(4 * H, I), t(4 * H, H), b_ih, b_hh, t(B, H), t(B, H)]
 
 
+PACKED_LENGTHS = [5, 3, 3, 1]
+
+
+def backward_args(forward_args, forward_results, has_bias):
+    x, batch_sizes, w_ih, w_hh, _, _, h0, c0 = forward_args
+    output, h_n, c_n, gates, cells = forward_results
+    grads = [torch.randn_like(output), torch.randn_like(h_n), torch.randn_like(c_n)]
+    return [*grads, x, batch_sizes, w_ih, w_hh, h0, c0, output, gates, cells]
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("training", [True, False])
-def test_opcheck_forward(device, reverse, bias, training):
-    args = layer_args(device, bias=bias, requires_grad=training)
+def test_opcheck_forward(device, packed, reverse, bias, training):
+    args = layer_args(device, bias=bias, requires_grad=training, lengths=PACKED_LENGTHS if packed else None)
     torch.library.opcheck(forward_op, (*args, reverse, training))
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
-def test_opcheck_backward(device, reverse, bias):
-    args = layer_args(device, bias=bias)
-    output, h_n, c_n, gates, cells = forward_op(*args, reverse, True)
-    x, w_ih, w_hh, _, _, h0, c0 = args
-    grads = [torch.randn_like(output), torch.randn_like(h_n), torch.randn_like(c_n)]
-    torch.library.opcheck(backward_op, (*grads, x, w_ih, w_hh, h0, c0, output, gates, cells, reverse, bias))
+def test_opcheck_backward(device, packed, reverse, bias):
+    args = layer_args(device, bias=bias, lengths=PACKED_LENGTHS if packed else None)
+    results = forward_op(*args, reverse, True)
+    torch.library.opcheck(backward_op, (*backward_args(args, results, bias), reverse, bias))
 
 
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("sizes", [(4, 3, 5, 6), (1, 1, 1, 1), (3, 2, 1, 3)], ids=str)
+@pytest.mark.parametrize("sizes", [(4, 3, 5, 6), (1, 1, 1, 1), (3, 2, 1, 3), "packed"], ids=str)
 def test_gradcheck_function(device, reverse, bias, sizes):
-    T, B, I, H = sizes
-    args = layer_args(device, T=T, B=B, I=I, H=H, bias=bias, requires_grad=True)
+    if sizes == "packed":
+        args = layer_args(device, I=3, H=4, bias=bias, requires_grad=True, lengths=PACKED_LENGTHS)
+    else:
+        T, B, I, H = sizes
+        args = layer_args(device, T=T, B=B, I=I, H=H, bias=bias, requires_grad=True)
 
     def f(*tensors):
         output, h_n, c_n, _, _ = LSTMFunction.apply(*tensors, reverse, True)
@@ -84,10 +104,10 @@ def test_noncontiguous_arguments(device):
     # Any strides are accepted: the op makes what it needs contiguous.
     args = layer_args(device)
     expected = forward_op(*args, False, True)
-    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = args
-    strided = [x.transpose(0, 1).contiguous().transpose(0, 1), w_ih.t().contiguous().t(), w_hh[:, :],
+    x, batch_sizes, w_ih, w_hh, b_ih, b_hh, h0, c0 = args
+    strided = [x.transpose(0, 1).contiguous().transpose(0, 1), batch_sizes, w_ih.t().contiguous().t(), w_hh[:, :],
                torch.stack([b_ih, b_ih], 1)[:, 0].copy_(b_ih), b_hh, h0.t().contiguous().t(), c0]
-    assert not strided[0].is_contiguous() and not strided[1].is_contiguous() and not strided[3].is_contiguous()
+    assert not strided[0].is_contiguous() and not strided[2].is_contiguous() and not strided[4].is_contiguous()
     actual = forward_op(*strided, False, True)
     for a, b in zip(expected, actual):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -102,15 +122,34 @@ def _replace(args, index, value):
 ERROR_CASES = {  # name: (argument index, replacement builder, message fragment)
     "input_2d": (0, lambda a: a[0][0], "input must be 3-D"),
     "input_int": (0, lambda a: a[0].long(), "input must be float32 or float64"),
-    "weight_ih_shape": (1, lambda a: a[1][:, :-1], "weight_ih must have shape [4*hidden_size, input_size]"),
-    "weight_hh_shape": (2, lambda a: a[2][:-1], "weight_hh must have shape [4*hidden_size, hidden_size]"),
-    "bias_ih_shape": (3, lambda a: a[3][:-1], "bias_ih must have shape [4*hidden_size]"),
-    "bias_hh_missing": (4, lambda a: None, "bias_ih and bias_hh must both be given or both be None"),
-    "h0_shape": (5, lambda a: a[5][:-1], "h0 must have shape [batch, hidden_size]"),
-    "c0_shape": (6, lambda a: a[6][:, :-1], "c0 must have shape [batch, hidden_size]"),
-    "h0_dtype": (5, lambda a: a[5].float(), "h0 must have the dtype of input"),
-    "weight_hh_dtype": (2, lambda a: a[2].float(), "weight_hh must have the dtype of input"),
+    "packed_input_3d": (1, lambda a: torch.tensor([3, 3, 3, 3]), "with batch_sizes, input must be 2-D"),
+    "weight_ih_shape": (2, lambda a: a[2][:, :-1], "weight_ih must have shape [4*hidden_size, input_size]"),
+    "weight_hh_shape": (3, lambda a: a[3][:-1], "weight_hh must have shape [4*hidden_size, hidden_size]"),
+    "bias_ih_shape": (4, lambda a: a[4][:-1], "bias_ih must have shape [4*hidden_size]"),
+    "bias_hh_missing": (5, lambda a: None, "bias_ih and bias_hh must both be given or both be None"),
+    "h0_shape": (6, lambda a: a[6][:-1], "h0 must have shape [batch, hidden_size]"),
+    "c0_shape": (7, lambda a: a[7][:, :-1], "c0 must have shape [batch, hidden_size]"),
+    "h0_dtype": (6, lambda a: a[6].float(), "h0 must have the dtype of input"),
+    "weight_hh_dtype": (3, lambda a: a[3].float(), "weight_hh must have the dtype of input"),
 }
+
+PACKED_ERROR_CASES = {  # batch_sizes given with 9 packed rows of 3 sequences: what is wrong with it
+    "increasing": (torch.tensor([2, 3, 3, 1]), "batch_sizes must be positive and non-increasing"),
+    "zero": (torch.tensor([3, 3, 3, 0]), "batch_sizes must be positive and non-increasing"),
+    "sum": (torch.tensor([3, 3, 2]), "batch_sizes must sum to the rows of input (9), got 8"),
+    "dtype": (torch.tensor([3.0, 3.0, 3.0]), "batch_sizes must be a 1-D int64 CPU tensor"),
+    "rank": (torch.tensor([[3, 3, 3]]), "batch_sizes must be a 1-D int64 CPU tensor"),
+    "h0_rows": (torch.tensor([2, 2, 2, 2, 1]), "h0 must have shape [batch, hidden_size] = [2, 6], got [3, 6]"),
+}
+
+
+@pytest.mark.parametrize("case", PACKED_ERROR_CASES, ids=str)
+def test_packed_argument_errors(device, case):
+    batch_sizes, message = PACKED_ERROR_CASES[case]
+    args = layer_args(device, lengths=[3, 3, 3])
+    with pytest.raises(RuntimeError) as info:
+        forward_op(*_replace(args, 1, batch_sizes), False, True)
+    assert message in str(info.value)
 
 
 @pytest.mark.parametrize("case", ERROR_CASES, ids=str)
@@ -127,16 +166,14 @@ def test_forward_argument_errors(device, case):
 def test_backward_argument_errors(device):
     args = layer_args(device)
     output, h_n, c_n, gates, cells = forward_op(*args, False, True)
-    x, w_ih, w_hh, _, _, h0, c0 = args
-    good = [torch.ones_like(output), torch.ones_like(h_n), torch.ones_like(c_n), x, w_ih, w_hh, h0, c0, output,
-            gates, cells, False, True]
+    good = backward_args(args, (output, h_n, c_n, gates, cells), True) + [False, True]
     backward_op(*good)
     for index, value, message in [
         (0, output[:, :-1], "grad_output must have shape [seq_len, batch, hidden_size]"),
         (1, h_n.float(), "grad_h_n must have the dtype of input"),
-        (9, gates[..., :-1], "gates must have shape [seq_len, batch, 4*hidden_size]"),
-        (9, gates.new_empty(0), "gates is empty: the forward ran with training=False"),
-        (10, cells[:-1], "cells must have shape [seq_len, batch, hidden_size]"),
+        (10, gates[..., :-1], "gates must have shape [seq_len, batch, 4*hidden_size]"),
+        (10, gates.new_empty(0), "gates is empty: the forward ran with training=False"),
+        (11, cells[:-1], "cells must have shape [seq_len, batch, hidden_size]"),
     ]:
         with pytest.raises(RuntimeError, match="lstm_ext.lstm_layer_backward") as info:
             backward_op(*_replace(good, index, value))
@@ -146,6 +183,6 @@ def test_backward_argument_errors(device):
 @pytest.mark.skipif(not CUDA_READY, reason=CUDA_SKIP_REASON)
 def test_cpu_state_with_cuda_input_is_an_error():
     args = layer_args("cuda")
-    bad = _replace(args, 5, args[5].cpu())
+    bad = _replace(args, 6, args[6].cpu())
     with pytest.raises(RuntimeError, match="h0 must be on the device of input"):
         forward_op(*bad, False, True)

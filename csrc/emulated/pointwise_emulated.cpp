@@ -54,25 +54,27 @@ EmulatedCudaPointwiseSteps make_steps(const char* op, int64_t threads_per_block,
       reverse_launch_order ? emulated::LaunchOrder::kReverse : emulated::LaunchOrder::kForward);
 }
 
-LayerForwardTuple emulated_forward(const at::Tensor& input, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+LayerForwardTuple emulated_forward(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
+                                   const at::Tensor& weight_ih, const at::Tensor& weight_hh,
                                    const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
                                    const at::Tensor& h0, const at::Tensor& c0, bool reverse, bool training,
                                    int64_t threads_per_block, int64_t max_blocks, bool force_64bit_index,
                                    bool reverse_launch_order) {
   const auto steps = make_steps(kForwardOp, threads_per_block, max_blocks, force_64bit_index, reverse_launch_order);
-  return run_layer_forward(kForwardOp, steps, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse,
+  return run_layer_forward(kForwardOp, steps, input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse,
                            training);
 }
 
 LayerBackwardTuple emulated_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
-                                     const at::Tensor& grad_c_n, const at::Tensor& input, const at::Tensor& weight_ih,
+                                     const at::Tensor& grad_c_n, const at::Tensor& input,
+                                     const std::optional<at::Tensor>& batch_sizes, const at::Tensor& weight_ih,
                                      const at::Tensor& weight_hh, const at::Tensor& h0, const at::Tensor& c0,
                                      const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cells,
                                      bool reverse, bool has_bias, int64_t threads_per_block, int64_t max_blocks,
                                      bool force_64bit_index, bool reverse_launch_order) {
   const auto steps =
       make_steps(kBackwardOp, threads_per_block, max_blocks, force_64bit_index, reverse_launch_order);
-  return run_layer_backward(kBackwardOp, steps, grad_output, grad_h_n, grad_c_n, input, weight_ih, weight_hh, h0,
+  return run_layer_backward(kBackwardOp, steps, grad_output, grad_h_n, grad_c_n, input, batch_sizes, weight_ih, weight_hh, h0,
                             c0, output, gates, cells, reverse, has_bias);
 }
 
