@@ -10,8 +10,12 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define LSTM_HOST_DEVICE __host__ __device__ __forceinline__
+#define LSTM_HOST_DEVICE_MEMBER __host__ __device__ __forceinline__
 #else
-#define LSTM_HOST_DEVICE inline
+// static: each translation unit keeps its own copy, so the CPU builds for different instruction sets
+// (cpu/pointwise_cpu*.cpp) never share one through the linker.
+#define LSTM_HOST_DEVICE static inline
+#define LSTM_HOST_DEVICE_MEMBER inline
 #endif
 
 namespace lstm_ext {
@@ -24,14 +28,14 @@ struct Transcendentals;
 
 template <>
 struct Transcendentals<float> {
-  static LSTM_HOST_DEVICE float exp(float x) { return ::expf(x); }
-  static LSTM_HOST_DEVICE float tanh(float x) { return ::tanhf(x); }
+  static LSTM_HOST_DEVICE_MEMBER float exp(float x) { return ::expf(x); }
+  static LSTM_HOST_DEVICE_MEMBER float tanh(float x) { return ::tanhf(x); }
 };
 
 template <>
 struct Transcendentals<double> {
-  static LSTM_HOST_DEVICE double exp(double x) { return ::exp(x); }
-  static LSTM_HOST_DEVICE double tanh(double x) { return ::tanh(x); }
+  static LSTM_HOST_DEVICE_MEMBER double exp(double x) { return ::exp(x); }
+  static LSTM_HOST_DEVICE_MEMBER double tanh(double x) { return ::tanh(x); }
 };
 
 template <typename T>

@@ -9,7 +9,7 @@ differentiable entry, lstm() the functional form, LSTM the module.
 from ._version import __version__
 from ._ops import compiled_backends
 from .autograd import LSTMFunction
-from .functional import lstm
+from .functional import lstm, lstm_cell
 from .modules import LSTM, LSTMCell
 
-__all__ = ["LSTM", "LSTMCell", "LSTMFunction", "lstm", "compiled_backends", "__version__"]
+__all__ = ["LSTM", "LSTMCell", "LSTMFunction", "lstm", "lstm_cell", "compiled_backends", "__version__"]

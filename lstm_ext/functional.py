@@ -84,3 +84,18 @@ def lstm(
         layer_input = layer_output
     output = layer_input.transpose(0, 1) if to_time_major else layer_input
     return output, (torch.stack(h_n), torch.stack(c_n))
+
+
+def lstm_cell(
+    input: Tensor,
+    hx: tuple[Tensor, Tensor],
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One LSTM step, in the argument order of ``torch._VF.lstm_cell``: input ``[B, I]``, hx ``(h, c)``
+    each ``[B, H]``; returns ``(h', c')``. It is the layer op over a sequence of one step, so it runs
+    the same fused pointwise pass as the LSTM."""
+    _, h, c = _layer(input.unsqueeze(0), None, weight_ih, weight_hh, bias_ih, bias_hh, hx[0], hx[1], reverse=False)
+    return h, c

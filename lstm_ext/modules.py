@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .functional import lstm
+from .functional import lstm, lstm_cell
 
 
 class LSTM(nn.Module):
@@ -187,10 +187,69 @@ def _permute_batch(state: Tensor, permutation: Tensor | None) -> Tensor:
 
 
 class LSTMCell(nn.Module):
-    """Placeholder for the drop-in of torch.nn.LSTMCell: not implemented yet."""
+    """One LSTM step with ``torch.nn.LSTMCell``'s arguments, parameters and results, on the fused op."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        raise NotImplementedError("lstm_ext.LSTMCell is not implemented yet; use torch.nn.LSTMCell")
+    __constants__ = ["input_size", "hidden_size", "bias"]
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.weight_ih = nn.Parameter(torch.empty((4 * hidden_size, input_size), **factory_kwargs))
+        self.weight_hh = nn.Parameter(torch.empty((4 * hidden_size, hidden_size), **factory_kwargs))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size, **factory_kwargs))
+            self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size, **factory_kwargs))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.LSTMCell's initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H)), in order."""
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        return s.format(**self.__dict__)
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for index, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: Expected hx[{index}] to be 1D or 2D, got {value.dim()}D instead")
+        if input.dtype != self.weight_ih.dtype:
+            raise ValueError(f"LSTMCell input dtype ({input.dtype}) does not match weight dtype "
+                             f"({self.weight_ih.dtype})")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if input.size(1) != self.input_size:  # nn.LSTMCell's words from here on
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            hx = (zeros, zeros)
+        else:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if not is_batched else hx
+            for index, state in enumerate(hx):
+                if state.size(0) != input.size(0):
+                    raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{index} batch size "
+                                       f"{state.size(0)}")
+                if state.size(1) != self.hidden_size:
+                    raise RuntimeError(f"hidden{index} has inconsistent hidden_size: got {state.size(1)}, expected "
+                                       f"{self.hidden_size}")
+        h, c = lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if not is_batched:
+            h, c = h.squeeze(0), c.squeeze(0)
+        return h, c
 
 
 def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:

@@ -172,8 +172,6 @@ def test_packed_output_is_a_packed_sequence(device):
 def test_not_yet_supported_inputs_raise(device):
     with pytest.raises(NotImplementedError, match="proj_size"):
         lstm_ext.LSTM(4, 6, proj_size=3, device=device)(torch.randn(5, 2, 4, device=device))
-    with pytest.raises(NotImplementedError, match="LSTMCell"):
-        lstm_ext.LSTMCell(4, 6)
 
 
 def test_empty_batch_like_nn_lstm(device):

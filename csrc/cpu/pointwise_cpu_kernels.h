@@ -1,0 +1,151 @@
+// pointwise_cpu_kernels.h -- the CPU's fused pointwise step: rows split over threads with
+// at::parallel_for, units within a row in at::vec::Vectorized lanes with a scalar tail. The math is
+// lstm_math.h's, run on the vector type through a Transcendentals specialization.
+//
+// Compiled once per instruction set: pointwise_cpu.cpp (baseline) and pointwise_cpu_avx2.cpp define
+// LSTM_EXT_CPU_VARIANT (the namespace) and include this file; cpu_pointwise_steps() picks one at run
+// time. Include only from those files.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include "../lstm_math.h"
+#include "../pointwise_step.h"
+
+#ifndef LSTM_EXT_CPU_VARIANT
+#error "define LSTM_EXT_CPU_VARIANT before including pointwise_cpu_kernels.h"
+#endif
+
+namespace lstm_ext {
+namespace math {
+template <typename S>
+struct Transcendentals<at::vec::Vectorized<S>> {
+  using V = at::vec::Vectorized<S>;
+  static V exp(const V& x) { return x.exp(); }
+  static V tanh(const V& x) { return x.tanh(); }
+};
+}  // namespace math
+
+namespace LSTM_EXT_CPU_VARIANT {
+namespace {
+
+// How a group of `width` consecutive units is loaded and stored: one scalar, or one SIMD vector.
+template <typename S>
+struct ScalarLanes {
+  using type = S;
+  static constexpr int64_t width = 1;
+  static S load(const S* p) { return *p; }
+  static void store(S* p, S v) { *p = v; }
+};
+
+template <typename S>
+struct VectorLanes {
+  using type = at::vec::Vectorized<S>;
+  static constexpr int64_t width = type::size();
+  static type load(const S* p) { return type::loadu(p); }
+  static void store(S* p, const type& v) { v.store(p); }
+};
+
+// Calls unit_fn(lanes, j) for each group of units in [0, H): whole vectors first, then a scalar tail.
+template <typename S, typename UnitFn>
+inline void for_each_unit_group(int64_t H, const UnitFn& unit_fn) {
+  int64_t j = 0;
+  for (; j + VectorLanes<S>::width <= H; j += VectorLanes<S>::width) {
+    unit_fn(VectorLanes<S>{}, j);
+  }
+  for (; j < H; ++j) {
+    unit_fn(ScalarLanes<S>{}, j);
+  }
+}
+
+// Rows per task: enough units that a thread's share outweighs waking it.
+inline int64_t row_grain(int64_t H) {
+  constexpr int64_t kUnitsPerTask = 16384;
+  return std::max<int64_t>(1, kUnitsPerTask / std::max<int64_t>(H, 1));
+}
+
+template <typename S>
+void forward_step(const ForwardStepArgs& args) {
+  const int64_t B = args.h.size(0), H = args.h.size(1);
+  S* gates = args.gates.data_ptr<S>();
+  const S* c_prev = args.c_prev.data_ptr<S>();
+  S* h = args.h.data_ptr<S>();
+  S* c = args.c.data_ptr<S>();
+  const bool keep_gates = args.keep_gates;
+  at::parallel_for(0, B, row_grain(H), [&](int64_t row_begin, int64_t row_end) {
+    for (int64_t row = row_begin; row < row_end; ++row) {
+      S* g = gates + row * 4 * H;
+      const S* cp = c_prev + row * H;
+      S* hr = h + row * H;
+      S* cr = c + row * H;
+      for_each_unit_group<S>(H, [&](auto lanes, int64_t j) {
+        using L = decltype(lanes);
+        const math::Gates<typename L::type> pre{L::load(g + j), L::load(g + H + j), L::load(g + 2 * H + j),
+                                                L::load(g + 3 * H + j)};
+        const auto out = math::cell_forward(pre, L::load(cp + j));
+        L::store(cr + j, out.c);
+        L::store(hr + j, out.h);
+        if (keep_gates) {
+          L::store(g + j, out.act.i);
+          L::store(g + H + j, out.act.f);
+          L::store(g + 2 * H + j, out.act.g);
+          L::store(g + 3 * H + j, out.act.o);
+        }
+      });
+    }
+  });
+}
+
+template <typename S>
+void backward_step(const BackwardStepArgs& args) {
+  const int64_t B = args.c.size(0), H = args.c.size(1);
+  const S* gates = args.gates.data_ptr<S>();
+  const S* c = args.c.data_ptr<S>();
+  const S* c_prev = args.c_prev.data_ptr<S>();
+  const S* grad_h_out = args.grad_h_out.data_ptr<S>();
+  const S* grad_h_next = args.grad_h_next.data_ptr<S>();
+  S* grad_c = args.grad_c.data_ptr<S>();
+  S* grad_gates = args.grad_gates.data_ptr<S>();
+  at::parallel_for(0, B, row_grain(H), [&](int64_t row_begin, int64_t row_end) {
+    for (int64_t row = row_begin; row < row_end; ++row) {
+      const S* g = gates + row * 4 * H;
+      S* dg = grad_gates + row * 4 * H;
+      const int64_t r = row * H;
+      for_each_unit_group<S>(H, [&](auto lanes, int64_t j) {
+        using L = decltype(lanes);
+        const math::Gates<typename L::type> act{L::load(g + j), L::load(g + H + j), L::load(g + 2 * H + j),
+                                                L::load(g + 3 * H + j)};
+        const auto grad_h = L::load(grad_h_out + r + j) + L::load(grad_h_next + r + j);
+        const auto out = math::cell_backward(act, L::load(c + r + j), L::load(c_prev + r + j), grad_h,
+                                             L::load(grad_c + r + j));
+        L::store(dg + j, out.grad_pre.i);
+        L::store(dg + H + j, out.grad_pre.f);
+        L::store(dg + 2 * H + j, out.grad_pre.g);
+        L::store(dg + 3 * H + j, out.grad_pre.o);
+        L::store(grad_c + r + j, out.grad_c_prev);
+      });
+    }
+  });
+}
+
+class CpuPointwiseSteps final : public PointwiseSteps {
+ public:
+  void forward(const ForwardStepArgs& args) const override {
+    AT_DISPATCH_FLOATING_TYPES(args.gates.scalar_type(), "lstm_ext_cpu_forward_step",
+                               [&] { forward_step<scalar_t>(args); });
+  }
+  void backward(const BackwardStepArgs& args) const override {
+    AT_DISPATCH_FLOATING_TYPES(args.gates.scalar_type(), "lstm_ext_cpu_backward_step",
+                               [&] { backward_step<scalar_t>(args); });
+  }
+};
+
+}  // namespace
+
+const PointwiseSteps& pointwise_steps() {
+  static const CpuPointwiseSteps steps;
+  return steps;
+}
+
+}  // namespace LSTM_EXT_CPU_VARIANT
+}  // namespace lstm_ext
