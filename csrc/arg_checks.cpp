@@ -3,6 +3,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <utility>
 #include <vector>
 
 namespace lstm_ext {
@@ -51,8 +52,8 @@ std::vector<int64_t> LayerSizes::sequence_shape(int64_t features) const {
 
 LayerSizes check_layer_forward_args(const char* op, const at::Tensor& input, const at::Tensor& batch_sizes,
                                     const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                                    const at::Tensor& bias_ih, const at::Tensor& bias_hh, const at::Tensor& h0,
-                                    const at::Tensor& c0) {
+                                    const at::Tensor& bias_ih, const at::Tensor& bias_hh, const at::Tensor& weight_hr,
+                                    const at::Tensor& h0, const at::Tensor& c0) {
   check_defined(op, "input", input);
   LayerSizes s;
   s.packed = batch_sizes.defined();
@@ -69,9 +70,16 @@ LayerSizes check_layer_forward_args(const char* op, const at::Tensor& input, con
   TORCH_CHECK(dtype_supported(input), op, ": input must be float32 or float64",
               " (float16 and bfloat16 on CUDA), got ", input.scalar_type(), " on ", input.device());
   check_defined(op, "weight_hh", weight_hh);
-  TORCH_CHECK(weight_hh.dim() == 2 && weight_hh.size(0) == 4 * weight_hh.size(1), op,
-              ": weight_hh must have shape [4*hidden_size, hidden_size], got ", weight_hh.sizes());
-  s.H = weight_hh.size(1);
+  if (weight_hr.defined()) {
+    TORCH_CHECK(weight_hr.dim() == 2, op, ": weight_hr must be 2-D [proj_size, hidden_size], got ", weight_hr.sizes());
+    s.H = weight_hr.size(1);
+    s.P = weight_hr.size(0);
+    check_shape(op, "weight_hh", weight_hh, {4 * s.H, s.P}, "[4*hidden_size, proj_size]");
+  } else {
+    TORCH_CHECK(weight_hh.dim() == 2 && weight_hh.size(0) == 4 * weight_hh.size(1), op,
+                ": weight_hh must have shape [4*hidden_size, hidden_size], got ", weight_hh.sizes());
+    s.H = s.P = weight_hh.size(1);
+  }
   const int64_t B = s.layout.batch;
 
   check_shape(op, "weight_ih", weight_ih, {4 * s.H, s.I}, "[4*hidden_size, input_size]");
@@ -82,45 +90,50 @@ LayerSizes check_layer_forward_args(const char* op, const at::Tensor& input, con
     check_shape(op, "bias_ih", bias_ih, {4 * s.H}, "[4*hidden_size]");
     check_shape(op, "bias_hh", bias_hh, {4 * s.H}, "[4*hidden_size]");
   }
-  check_shape(op, "h0", h0, {B, s.H}, "[batch, hidden_size]");
+  check_shape(op, "h0", h0, {B, s.P}, weight_hr.defined() ? "[batch, proj_size]" : "[batch, hidden_size]");
   check_shape(op, "c0", c0, {B, s.H}, "[batch, hidden_size]");
 
-  check_like_input(op, input, "weight_ih", weight_ih);
-  check_like_input(op, input, "weight_hh", weight_hh);
-  if (bias_ih.defined()) {
-    check_like_input(op, input, "bias_ih", bias_ih);
-    check_like_input(op, input, "bias_hh", bias_hh);
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"weight_ih", weight_ih},
+                                {"weight_hh", weight_hh}, {"bias_ih", bias_ih}, {"bias_hh", bias_hh},
+                                {"weight_hr", weight_hr}, {"h0", h0}, {"c0", c0}}) {
+    if (t.defined()) {
+      check_like_input(op, input, name, t);
+    }
   }
-  check_like_input(op, input, "h0", h0);
-  check_like_input(op, input, "c0", c0);
   return s;
 }
 
 LayerSizes check_layer_backward_args(const char* op, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                                      const at::Tensor& grad_c_n, const at::Tensor& input,
                                      const at::Tensor& batch_sizes, const at::Tensor& weight_ih,
-                                     const at::Tensor& weight_hh, const at::Tensor& h0, const at::Tensor& c0,
-                                     const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cells) {
-  const LayerSizes s =
-      check_layer_forward_args(op, input, batch_sizes, weight_ih, weight_hh, at::Tensor(), at::Tensor(), h0, c0);
+                                     const at::Tensor& weight_hh, const at::Tensor& weight_hr, const at::Tensor& h0,
+                                     const at::Tensor& c0, const at::Tensor& output, const at::Tensor& gates,
+                                     const at::Tensor& cells, const at::Tensor& unprojected) {
+  const LayerSizes s = check_layer_forward_args(op, input, batch_sizes, weight_ih, weight_hh, at::Tensor(),
+                                                at::Tensor(), weight_hr, h0, c0);
   const int64_t B = s.layout.batch;
-  const char* per_step = s.packed ? "[rows, hidden_size]" : "[seq_len, batch, hidden_size]";
-  check_shape(op, "grad_output", grad_output, s.sequence_shape(s.H), per_step);
-  check_shape(op, "grad_h_n", grad_h_n, {B, s.H}, "[batch, hidden_size]");
+  const char* per_step_h = s.packed ? "[rows, hidden_size or proj_size]" : "[seq_len, batch, hidden_size or proj_size]";
+  const char* per_step_c = s.packed ? "[rows, hidden_size]" : "[seq_len, batch, hidden_size]";
+  check_shape(op, "grad_output", grad_output, s.sequence_shape(s.P), per_step_h);
+  check_shape(op, "grad_h_n", grad_h_n, {B, s.P}, "[batch, hidden_size or proj_size]");
   check_shape(op, "grad_c_n", grad_c_n, {B, s.H}, "[batch, hidden_size]");
-  check_shape(op, "output", output, s.sequence_shape(s.H), per_step);
+  check_shape(op, "output", output, s.sequence_shape(s.P), per_step_h);
   check_defined(op, "gates", gates);
   TORCH_CHECK(!(gates.numel() == 0 && s.layout.rows * s.H > 0), op,
               ": gates is empty: the forward ran with training=False and kept nothing for the backward");
   check_shape(op, "gates", gates, s.sequence_shape(4 * s.H),
               s.packed ? "[rows, 4*hidden_size]" : "[seq_len, batch, 4*hidden_size]");
-  check_shape(op, "cells", cells, s.sequence_shape(s.H), per_step);
-  check_like_input(op, input, "grad_output", grad_output);
-  check_like_input(op, input, "grad_h_n", grad_h_n);
-  check_like_input(op, input, "grad_c_n", grad_c_n);
-  check_like_input(op, input, "output", output);
-  check_like_input(op, input, "gates", gates);
-  check_like_input(op, input, "cells", cells);
+  check_shape(op, "cells", cells, s.sequence_shape(s.H), per_step_c);
+  if (weight_hr.defined()) {
+    check_shape(op, "unprojected", unprojected, s.sequence_shape(s.H), per_step_c);
+  }
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_output", grad_output},
+                                {"grad_h_n", grad_h_n}, {"grad_c_n", grad_c_n}, {"output", output},
+                                {"gates", gates}, {"cells", cells}, {"unprojected", unprojected}}) {
+    if (t.defined()) {
+      check_like_input(op, input, name, t);
+    }
+  }
   return s;
 }
 

@@ -15,25 +15,28 @@ namespace lstm_ext {
 struct LayerSizes {
   SequenceLayout layout;
   bool packed;  // input is [N, I] with batch_sizes, else [T, B, I]
-  int64_t I, H;
+  int64_t I;    // input features
+  int64_t H;    // hidden size: c and the gates
+  int64_t P;    // the size of h and of the output: proj_size with weight_hr, else H
 
   // The shape of a per-step tensor with `features` columns: [T, B, features] or [N, features].
   std::vector<int64_t> sequence_shape(int64_t features) const;
 };
 
-// input [T, B, I] (or [N, I] with batch_sizes), weight_ih [4H, I], weight_hh [4H, H], bias_ih/bias_hh
-// [4H] (both or neither), h0/c0 [B, H]; one dtype, one device, a dtype the device supports.
+// input [T, B, I] (or [N, I] with batch_sizes), weight_ih [4H, I], weight_hh [4H, P], bias_ih/bias_hh
+// [4H] (both or neither), weight_hr [P, H] or undefined (then P = H), h0 [B, P], c0 [B, H]; one dtype,
+// one device, a dtype the device supports.
 LayerSizes check_layer_forward_args(const char* op, const at::Tensor& input, const at::Tensor& batch_sizes,
                                     const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                                    const at::Tensor& bias_ih, const at::Tensor& bias_hh, const at::Tensor& h0,
-                                    const at::Tensor& c0);
+                                    const at::Tensor& bias_ih, const at::Tensor& bias_hh, const at::Tensor& weight_hr,
+                                    const at::Tensor& h0, const at::Tensor& c0);
 
 // The forward's arguments again, plus the gradients and what the forward kept for the backward.
 LayerSizes check_layer_backward_args(const char* op, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                                      const at::Tensor& grad_c_n, const at::Tensor& input,
                                      const at::Tensor& batch_sizes, const at::Tensor& weight_ih,
-                                     const at::Tensor& weight_hh,
+                                     const at::Tensor& weight_hh, const at::Tensor& weight_hr,
                                      const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& output,
-                                     const at::Tensor& gates, const at::Tensor& cells);
+                                     const at::Tensor& gates, const at::Tensor& cells, const at::Tensor& unprojected);
 
 }  // namespace lstm_ext

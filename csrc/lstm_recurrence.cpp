@@ -50,9 +50,9 @@ at::Tensor previous_rows(const StepRows& s, const at::Tensor& per_step, const at
 // sum over steps of dG[t]^T h_{t-1}, as one GEMM over all rows.
 at::Tensor recurrent_weight_grad(const SequenceLayout& layout, const at::Tensor& grad_gates, const at::Tensor& output,
                                  const at::Tensor& h0, bool reverse) {
-  const int64_t T = layout.steps(), B = layout.batch, H = h0.size(1);
+  const int64_t T = layout.steps(), B = layout.batch, P = h0.size(1);  // P: the width of h
   if (T == 0) {
-    return at::zeros({grad_gates.size(1), H}, grad_gates.options());
+    return at::zeros({grad_gates.size(1), P}, grad_gates.options());
   }
   if (layout.uniform()) {
     // A padded batch: the first step pairs with h0, the others with one contiguous block of output rows.
@@ -64,7 +64,7 @@ at::Tensor recurrent_weight_grad(const SequenceLayout& layout, const at::Tensor&
     return grad;
   }
   // Packed: gather every row's h_{t-1} next to its dG row, then one GEMM.
-  at::Tensor h_prev = at::empty({layout.rows, H}, output.options());
+  at::Tensor h_prev = at::empty({layout.rows, P}, output.options());
   for (int64_t t = 0; t < T; ++t) {
     const StepRows s = step_rows(layout, t, reverse);
     for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
@@ -77,29 +77,31 @@ at::Tensor recurrent_weight_grad(const SequenceLayout& layout, const at::Tensor&
 }  // namespace
 
 LayerForwardResult lstm_layer_forward(const PointwiseSteps& steps, const SequenceLayout& layout,
-                                      const at::Tensor& input, const at::Tensor& weight_ih,
-                                      const at::Tensor& weight_hh, const at::Tensor& bias_ih,
-                                      const at::Tensor& bias_hh, const at::Tensor& h0, const at::Tensor& c0,
-                                      bool reverse, bool training) {
-  const int64_t N = layout.rows, T = layout.steps();
-  const int64_t H = weight_hh.size(1);
+                                      const at::Tensor& input, const LayerWeights& weights, const at::Tensor& h0,
+                                      const at::Tensor& c0, bool reverse, bool training) {
+  const int64_t N = layout.rows, T = layout.steps(), B = layout.batch;
+  const int64_t H = c0.size(1), P = h0.size(1);
+  const bool projected = weights.weight_hr.defined();
   const auto options = input.options();
 
   // 1. The input projection of every step in one GEMM, both biases folded in.
   at::Tensor gates = at::empty({N, 4 * H}, options);
-  if (bias_ih.defined()) {
-    at::addmm_out(gates, bias_ih + bias_hh, input, weight_ih.t());
+  if (weights.bias_ih.defined()) {
+    at::addmm_out(gates, weights.bias_ih + weights.bias_hh, input, weights.weight_ih.t());
   } else {
-    at::mm_out(gates, input, weight_ih.t());
+    at::mm_out(gates, input, weights.weight_ih.t());
   }
 
   // 2. Per step: the recurrent GEMM accumulated into the step's own rows, then the fused pass. In
   // training the pass leaves the activated gates in place and c_t in `cells`; in inference c is updated
   // in place in one [B, H] buffer, whose rows hold c0 until their sequence starts and the last c after.
-  at::Tensor output = at::empty({N, H}, options);
+  // With a projection the pass writes the unprojected h, and one more GEMM projects it into the output.
+  at::Tensor output = at::empty({N, P}, options);
   at::Tensor cells = training ? at::empty({N, H}, options) : at::empty({0}, options);
   at::Tensor c_state = training ? at::Tensor() : c0.clone(at::MemoryFormat::Contiguous);
-  const at::Tensor weight_hh_t = weight_hh.t();
+  at::Tensor unprojected = !projected ? at::empty({0}, options) : at::empty({training ? N : B, H}, options);
+  const at::Tensor weight_hh_t = weights.weight_hh.t();
+  const at::Tensor weight_hr_t = projected ? weights.weight_hr.t() : at::Tensor();
   for (int64_t step = 0; step < T; ++step) {
     const int64_t t = reverse ? T - 1 - step : step;
     const StepRows s = step_rows(layout, t, reverse);
@@ -108,15 +110,20 @@ LayerForwardResult lstm_layer_forward(const PointwiseSteps& steps, const Sequenc
       gates_t.narrow(0, first, count).addmm_(previous_rows(s, output, h0, first, count, from_prev), weight_hh_t);
     });
     at::Tensor h_t = output.narrow(0, s.offset, s.rows);
+    at::Tensor cell_h_t = !projected ? h_t : unprojected.narrow(0, training ? s.offset : 0, s.rows);
     if (training) {
       for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
         steps.forward(ForwardStepArgs{gates_t.narrow(0, first, count),
                                       previous_rows(s, cells, c0, first, count, from_prev),
-                                      h_t.narrow(0, first, count), cells.narrow(0, s.offset + first, count), true});
+                                      cell_h_t.narrow(0, first, count), cells.narrow(0, s.offset + first, count),
+                                      true});
       });
     } else {
       at::Tensor c = c_state.narrow(0, 0, s.rows);
-      steps.forward(ForwardStepArgs{gates_t, c, h_t, c, false});
+      steps.forward(ForwardStepArgs{gates_t, c, cell_h_t, c, false});
+    }
+    if (projected) {
+      at::mm_out(h_t, cell_h_t, weight_hr_t);
     }
   }
 
@@ -139,46 +146,62 @@ LayerForwardResult lstm_layer_forward(const PointwiseSteps& steps, const Sequenc
   result.output = output;
   result.gates = training ? gates : at::empty({0}, options);
   result.cells = cells;
+  result.unprojected = projected && training ? unprojected : at::empty({0}, options);
   return result;
 }
 
 LayerBackwardResult lstm_layer_backward(const PointwiseSteps& steps, const SequenceLayout& layout,
                                         const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                                         const at::Tensor& grad_c_n, const at::Tensor& input,
-                                        const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                                        const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& output,
-                                        const at::Tensor& gates, const at::Tensor& cells, bool reverse,
-                                        bool has_bias) {
-  const int64_t N = layout.rows, T = layout.steps();
-  const int64_t H = weight_hh.size(1);
+                                        const LayerWeights& weights, const at::Tensor& h0, const at::Tensor& c0,
+                                        const LayerSaved& saved, bool reverse, bool has_bias) {
+  const int64_t N = layout.rows, T = layout.steps(), B = layout.batch;
+  const int64_t H = c0.size(1), P = h0.size(1);
+  const bool projected = weights.weight_hr.defined();
   const auto options = input.options();
 
-  // 1. Walk the steps last to first (in the direction's own order). grad_h and grad_c are [B, H]: a
+  // 1. Walk the steps last to first (in the direction's own order). grad_h [B, P] and grad_c [B, H]: a
   // row holds the sequence's grad_h_n/grad_c_n until its last step is reached, then the gradient
   // flowing back through the recurrence, and, once the sequence's first step is done, dh0/dc0.
+  // With a projection, dL/dh_t (output plus recurrence) is kept per row for dW_hr and carried back
+  // through W_hr to the unprojected h, which is all the pointwise pass needs.
   at::Tensor grad_gates = at::empty({N, 4 * H}, options);
   at::Tensor grad_h = grad_h_n.clone(at::MemoryFormat::Contiguous);
   at::Tensor grad_c = grad_c_n.clone(at::MemoryFormat::Contiguous);
+  at::Tensor grad_h_total = projected ? at::empty({N, P}, options) : at::Tensor();
+  at::Tensor grad_unprojected = projected ? at::empty({B, H}, options) : at::Tensor();
+  at::Tensor no_grad_h = projected ? at::zeros({B, H}, options) : at::Tensor();
   for (int64_t step = 0; step < T; ++step) {
     const int64_t t = reverse ? step : T - 1 - step;
     const StepRows s = step_rows(layout, t, reverse);
+    at::Tensor grad_h_live = grad_h.narrow(0, 0, s.rows);
+    // What the pointwise pass sees as dL/dh_t: two parts it adds itself, or, projected, one part.
+    at::Tensor grad_h_out = grad_output.narrow(0, s.offset, s.rows);
+    at::Tensor grad_h_next = grad_h_live;
+    if (projected) {
+      at::Tensor grad_h_t = grad_h_total.narrow(0, s.offset, s.rows);
+      at::add_out(grad_h_t, grad_h_out, grad_h_live);
+      grad_h_out = grad_unprojected.narrow(0, 0, s.rows);
+      at::mm_out(grad_h_out, grad_h_t, weights.weight_hr);
+      grad_h_next = no_grad_h.narrow(0, 0, s.rows);
+    }
     for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
       const int64_t row = s.offset + first;
-      steps.backward(BackwardStepArgs{gates.narrow(0, row, count), cells.narrow(0, row, count),
-                                      previous_rows(s, cells, c0, first, count, from_prev),
-                                      grad_output.narrow(0, row, count), grad_h.narrow(0, first, count),
+      steps.backward(BackwardStepArgs{saved.gates.narrow(0, row, count), saved.cells.narrow(0, row, count),
+                                      previous_rows(s, saved.cells, c0, first, count, from_prev),
+                                      grad_h_out.narrow(0, first, count), grad_h_next.narrow(0, first, count),
                                       grad_c.narrow(0, first, count), grad_gates.narrow(0, row, count)});
     });
-    at::Tensor grad_h_live = grad_h.narrow(0, 0, s.rows);
-    at::mm_out(grad_h_live, grad_gates.narrow(0, s.offset, s.rows), weight_hh);
+    at::mm_out(grad_h_live, grad_gates.narrow(0, s.offset, s.rows), weights.weight_hh);
   }
 
   // 2. Everything that does not feed the recurrence, as large GEMMs over all steps at once.
   LayerBackwardResult result;
-  result.grad_input = at::mm(grad_gates, weight_ih);
+  result.grad_input = at::mm(grad_gates, weights.weight_ih);
   result.grad_weight_ih = at::mm(grad_gates.t(), input);
-  result.grad_weight_hh = recurrent_weight_grad(layout, grad_gates, output, h0, reverse);
+  result.grad_weight_hh = recurrent_weight_grad(layout, grad_gates, saved.output, h0, reverse);
   result.grad_bias = has_bias ? grad_gates.sum(0) : at::empty({0}, options);
+  result.grad_weight_hr = projected ? at::mm(grad_h_total.t(), saved.unprojected) : at::empty({0}, options);
   result.grad_h0 = grad_h;
   result.grad_c0 = grad_c;
   return result;

@@ -7,9 +7,12 @@
 // pass shrink to them. The reverse direction walks the steps last to first, so each sequence starts at
 // its own end: rows that join at step t start from their h0/c0 rows.
 //
+// With weight_hr (nn.LSTM's proj_size P) each step's h is projected, h = (o * tanh(c)) W_hr^T, and the
+// recurrence and the output carry the projected h; without it P = H.
+//
 // Shapes (N = layout.rows; contiguous; checked by the ops before they get here):
-//   input [N, I], weight_ih [4H, I], weight_hh [4H, H], bias_ih/bias_hh [4H] or undefined,
-//   h0/c0 [B, H], output [N, H], gates [N, 4H] (activated i, f, g, o), cells [N, H] (c_t).
+//   input [N, I], h0 [B, P], c0 [B, H], output [N, P], gates [N, 4H] (activated i, f, g, o),
+//   cells [N, H] (c_t); the weights as LayerWeights says.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -19,37 +22,49 @@
 
 namespace lstm_ext {
 
+struct LayerWeights {
+  at::Tensor weight_ih;  // [4H, I]
+  at::Tensor weight_hh;  // [4H, P]
+  at::Tensor bias_ih;    // [4H] or undefined
+  at::Tensor bias_hh;    // [4H] or undefined
+  at::Tensor weight_hr;  // [P, H] (proj_size = P) or undefined (then P = H)
+};
+
 struct LayerForwardResult {
-  at::Tensor output;  // [N, H]
-  at::Tensor h_n;     // [B, H]: each sequence's last h
-  at::Tensor c_n;     // [B, H]: each sequence's last c
-  at::Tensor gates;   // [N, 4H] when training, else empty
-  at::Tensor cells;   // [N, H] when training, else empty
+  at::Tensor output;       // [N, P]
+  at::Tensor h_n;          // [B, P]: each sequence's last h
+  at::Tensor c_n;          // [B, H]: each sequence's last c
+  at::Tensor gates;        // [N, 4H] when training, else empty
+  at::Tensor cells;        // [N, H] when training, else empty
+  at::Tensor unprojected;  // [N, H], h before the projection, when training with weight_hr, else empty
+};
+
+// What the forward kept, as the backward reads it.
+struct LayerSaved {
+  at::Tensor output;       // [N, P]
+  at::Tensor gates;        // [N, 4H]
+  at::Tensor cells;        // [N, H]
+  at::Tensor unprojected;  // [N, H] with weight_hr, else undefined
 };
 
 struct LayerBackwardResult {
   at::Tensor grad_input;      // [N, I]
   at::Tensor grad_weight_ih;  // [4H, I]
-  at::Tensor grad_weight_hh;  // [4H, H]
+  at::Tensor grad_weight_hh;  // [4H, P]
   at::Tensor grad_bias;       // [4H] (the gradient of bias_ih and of bias_hh alike), empty without bias
-  at::Tensor grad_h0;         // [B, H]
+  at::Tensor grad_weight_hr;  // [P, H], empty without weight_hr
+  at::Tensor grad_h0;         // [B, P]
   at::Tensor grad_c0;         // [B, H]
 };
 
 LayerForwardResult lstm_layer_forward(const PointwiseSteps& steps, const SequenceLayout& layout,
-                                      const at::Tensor& input,
-                                      const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                                      const at::Tensor& bias_ih, const at::Tensor& bias_hh,
-                                      const at::Tensor& h0, const at::Tensor& c0, bool reverse,
-                                      bool training);
+                                      const at::Tensor& input, const LayerWeights& weights, const at::Tensor& h0,
+                                      const at::Tensor& c0, bool reverse, bool training);
 
 LayerBackwardResult lstm_layer_backward(const PointwiseSteps& steps, const SequenceLayout& layout,
-                                        const at::Tensor& grad_output,
-                                        const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
-                                        const at::Tensor& input, const at::Tensor& weight_ih,
-                                        const at::Tensor& weight_hh, const at::Tensor& h0,
-                                        const at::Tensor& c0, const at::Tensor& output,
-                                        const at::Tensor& gates, const at::Tensor& cells, bool reverse,
-                                        bool has_bias);
+                                        const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                                        const at::Tensor& grad_c_n, const at::Tensor& input,
+                                        const LayerWeights& weights, const at::Tensor& h0, const at::Tensor& c0,
+                                        const LayerSaved& saved, bool reverse, bool has_bias);
 
 }  // namespace lstm_ext

@@ -19,34 +19,36 @@ def compiled_backends() -> tuple[str, ...]:
 
 
 @torch.library.register_fake("lstm_ext::lstm_layer_forward")
-def _lstm_layer_forward_fake(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse, training):
+def _lstm_layer_forward_fake(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse,
+                             training):
     expected_dim = 3 if batch_sizes is None else 2
     torch._check(input.dim() == expected_dim,
                  lambda: f"lstm_layer_forward: input must be {expected_dim}-D, got {input.dim()}-D")
-    hidden = weight_hh.shape[1]
+    hidden = c0.shape[1]
     per_step = input.shape[:-1]  # (T, B) padded, (N,) packed
-    output = input.new_empty((*per_step, hidden))
+    output = input.new_empty((*per_step, h0.shape[1]))
     h_n = h0.new_empty(h0.shape)
     c_n = c0.new_empty(c0.shape)
-    if training:
-        gates = input.new_empty((*per_step, 4 * hidden))
-        cells = input.new_empty((*per_step, hidden))
-    else:
-        gates = input.new_empty((0,))
-        cells = input.new_empty((0,))
-    return output, h_n, c_n, gates, cells
+    nothing = input.new_empty((0,))
+    gates = input.new_empty((*per_step, 4 * hidden)) if training else nothing
+    cells = input.new_empty((*per_step, hidden)) if training else nothing.clone()
+    unprojected = input.new_empty((*per_step, hidden)) if training and weight_hr is not None else nothing.clone()
+    return output, h_n, c_n, gates, cells, unprojected
 
 
 @torch.library.register_fake("lstm_ext::lstm_layer_backward")
-def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, weight_ih, weight_hh, h0, c0,
-                              output, gates, cells, reverse, has_bias):
-    hidden = weight_hh.shape[1]
+def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, weight_ih, weight_hh, weight_hr,
+                              h0, c0, output, gates, cells, unprojected, reverse, has_bias):
+    hidden = c0.shape[1]
     grad_bias = input.new_empty((4 * hidden,)) if has_bias else input.new_empty((0,))
+    grad_weight_hr = input.new_empty((0,)) if weight_hr is None else torch.empty_like(
+        weight_hr, memory_format=torch.contiguous_format)
     return (
         torch.empty_like(input, memory_format=torch.contiguous_format),
         torch.empty_like(weight_ih, memory_format=torch.contiguous_format),
         torch.empty_like(weight_hh, memory_format=torch.contiguous_format),
         grad_bias,
+        grad_weight_hr,
         torch.empty_like(h0, memory_format=torch.contiguous_format),
         torch.empty_like(c0, memory_format=torch.contiguous_format),
     )

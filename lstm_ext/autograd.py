@@ -13,37 +13,41 @@ from . import _ops
 
 
 def _setup_context(ctx, inputs, output):
-    input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse, training = inputs
-    layer_output, _h_n, _c_n, gates, cells = output
-    ctx.mark_non_differentiable(gates, cells)
+    input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse, training = inputs
+    layer_output, _h_n, _c_n, gates, cells, unprojected = output
+    ctx.mark_non_differentiable(gates, cells, unprojected)
     ctx.set_materialize_grads(False)  # absent grads stay None: no [T, B, 4H] of zeros for gates
     ctx.reverse = reverse
     ctx.training = training
     ctx.has_bias = bias_ih is not None
-    ctx.save_for_backward(input, batch_sizes, weight_ih, weight_hh, h0, c0, layer_output, gates, cells)
+    ctx.save_for_backward(input, batch_sizes, weight_ih, weight_hh, weight_hr, h0, c0, layer_output, gates, cells,
+                          unprojected)
 
 
-def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
+def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells, _grad_unprojected):
     if not ctx.training:
         raise RuntimeError(
             "lstm_ext: backward through lstm_layer_forward called with training=False, which keeps "
             "nothing for the backward; call it with training=True (LSTMFunction does)"
         )
-    input, batch_sizes, weight_ih, weight_hh, h0, c0, layer_output, gates, cells = ctx.saved_tensors
+    input, batch_sizes, weight_ih, weight_hh, weight_hr, h0, c0, layer_output, gates, cells, unprojected = (
+        ctx.saved_tensors)
     if grad_output is None:
         grad_output = torch.zeros_like(layer_output)
     if grad_h_n is None:
         grad_h_n = torch.zeros_like(h0)
     if grad_c_n is None:
         grad_c_n = torch.zeros_like(c0)
-    grad_input, grad_weight_ih, grad_weight_hh, grad_bias, grad_h0, grad_c0 = _ops.lstm_layer_backward(
-        grad_output, grad_h_n, grad_c_n, input, batch_sizes, weight_ih, weight_hh, h0, c0, layer_output, gates,
-        cells, ctx.reverse, ctx.has_bias,
+    grads = _ops.lstm_layer_backward(
+        grad_output, grad_h_n, grad_c_n, input, batch_sizes, weight_ih, weight_hh, weight_hr, h0, c0, layer_output,
+        gates, cells, unprojected, ctx.reverse, ctx.has_bias,
     )
+    grad_input, grad_weight_ih, grad_weight_hh, grad_bias, grad_weight_hr, grad_h0, grad_c0 = grads
     grad_bias_ih = grad_bias if ctx.has_bias and ctx.needs_input_grad[4] else None
     grad_bias_hh = grad_bias if ctx.has_bias and ctx.needs_input_grad[5] else None
-    return (grad_input, None, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, grad_h0, grad_c0, None,
-            None)
+    grad_weight_hr = grad_weight_hr if weight_hr is not None else None
+    return (grad_input, None, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, grad_weight_hr, grad_h0,
+            grad_c0, None, None)
 
 
 def _double_backward_unsupported(ctx, *grads):
@@ -66,21 +70,22 @@ torch.library.register_autograd(
 class LSTMFunction(torch.autograd.Function):
     """One LSTM layer in one direction over a whole sequence, differentiable, on the fused ops.
 
-    ``LSTMFunction.apply(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse,
-    training)`` with input ``[T, B, I]`` (time-major; ``batch_sizes`` None) or the packed rows ``[N, I]``
-    of a PackedSequence with its ``batch_sizes``, weights as in ``nn.LSTM`` (``[4H, I]``, ``[4H, H]``,
-    biases ``[4H]`` or both ``None``), ``h0``/``c0`` ``[B, H]``, returns
-    ``(output [T, B, H] or [N, H], h_n [B, H], c_n [B, H], gates, cells)``: h_n and c_n are each
-    sequence's last state. ``gates`` and ``cells`` are the
+    ``LSTMFunction.apply(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0,
+    reverse, training)`` with input ``[T, B, I]`` (time-major; ``batch_sizes`` None) or the packed rows
+    ``[N, I]`` of a PackedSequence with its ``batch_sizes``, weights as in ``nn.LSTM`` (``[4H, I]``,
+    ``[4H, P]``, biases ``[4H]`` or both ``None``, ``weight_hr`` ``[P, H]`` or ``None`` for P = H),
+    ``h0`` ``[B, P]``, ``c0`` ``[B, H]``, returns
+    ``(output [T, B, P] or [N, P], h_n [B, P], c_n [B, H], gates, cells, unprojected)``: h_n and c_n are
+    each sequence's last state. ``gates``, ``cells`` and ``unprojected`` are the
     activations kept for the backward (non-differentiable; empty when ``training`` is False, and then
     no backward is possible). ``reverse=True`` runs the sequence last step first, as the backward
     direction of a bidirectional LSTM does.
     """
 
     @staticmethod
-    def forward(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse, training):
-        return _ops.lstm_layer_forward(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse,
-                                       training)
+    def forward(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse, training):
+        return _ops.lstm_layer_forward(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0,
+                                       reverse, training)
 
     setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)

@@ -16,13 +16,13 @@ from . import _ops
 from .autograd import LSTMFunction
 
 
-def _layer(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse):
-    tensors = (input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0)
+def _layer(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse):
+    tensors = (input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if needs_grad:
-        output, h_n, c_n, _, _ = LSTMFunction.apply(*tensors, reverse, True)
+        output, h_n, c_n, *_ = LSTMFunction.apply(*tensors, reverse, True)
     else:
-        output, h_n, c_n, _, _ = _ops.lstm_layer_forward(*tensors, reverse, False)
+        output, h_n, c_n, *_ = _ops.lstm_layer_forward(*tensors, reverse, False)
     return output, h_n, c_n
 
 
@@ -42,8 +42,9 @@ def lstm(
 
     input: ``[T, B, I]`` (``[B, T, I]`` when batch_first), or with ``batch_sizes`` the rows ``[N, I]``
     of a PackedSequence (sorted by length; batch_first does not apply); hx: ``(h0, c0)``, each
-    ``[num_layers * num_directions, B, H]``; flat_weights: per layer, per direction,
-    ``weight_ih, weight_hh[, bias_ih, bias_hh]`` (``nn.LSTM``'s order). Dropout is applied to the output
+    ``[num_layers * num_directions, B, H]`` (h0 ``[..., proj_size]`` with projections); flat_weights: per
+    layer, per direction, ``weight_ih, weight_hh[, bias_ih, bias_hh][, weight_hr]`` (``nn.LSTM``'s order;
+    a ``weight_hr`` per direction means proj_size > 0). Dropout is applied to the output
     of every layer but the last when training. Returns ``(output, (h_n, c_n))``, output in the layout
     of input, h_n and c_n each sequence's last state.
     """
@@ -53,11 +54,13 @@ def lstm(
         raise ValueError(f"lstm: input must be {expected_dim}-D {layout}, got {input.dim()}-D with shape "
                          f"{tuple(input.shape)}")
     num_directions = 2 if bidirectional else 1
-    per_direction = 4 if has_biases else 2
-    expected = num_layers * num_directions * per_direction
-    if len(flat_weights) != expected:
-        raise ValueError(f"lstm: flat_weights must hold {expected} tensors for num_layers={num_layers}, "
-                         f"bidirectional={bidirectional}, has_biases={has_biases}, got {len(flat_weights)}")
+    base = 4 if has_biases else 2
+    per_direction = len(flat_weights) // (num_layers * num_directions)
+    if per_direction not in (base, base + 1) or len(flat_weights) != per_direction * num_layers * num_directions:
+        raise ValueError(f"lstm: flat_weights must hold {base} (or {base + 1} with weight_hr) tensors per layer and "
+                         f"direction for num_layers={num_layers}, bidirectional={bidirectional}, "
+                         f"has_biases={has_biases}, got {len(flat_weights)}")
+    projected = per_direction == base + 1
     h0, c0 = hx
     for name, state in (("h0", h0), ("c0", c0)):
         if state.dim() != 3 or state.size(0) != num_layers * num_directions:
@@ -73,8 +76,9 @@ def lstm(
             index = layer * num_directions + direction
             w = flat_weights[index * per_direction:(index + 1) * per_direction]
             bias_ih, bias_hh = (w[2], w[3]) if has_biases else (None, None)
-            output, h, c = _layer(layer_input, batch_sizes, w[0], w[1], bias_ih, bias_hh, h0[index], c0[index],
-                                  reverse=direction == 1)
+            weight_hr = w[-1] if projected else None
+            output, h, c = _layer(layer_input, batch_sizes, w[0], w[1], bias_ih, bias_hh, weight_hr, h0[index],
+                                  c0[index], reverse=direction == 1)
             direction_outputs.append(output)
             h_n.append(h)
             c_n.append(c)
@@ -97,5 +101,6 @@ def lstm_cell(
     """One LSTM step, in the argument order of ``torch._VF.lstm_cell``: input ``[B, I]``, hx ``(h, c)``
     each ``[B, H]``; returns ``(h', c')``. It is the layer op over a sequence of one step, so it runs
     the same fused pointwise pass as the LSTM."""
-    _, h, c = _layer(input.unsqueeze(0), None, weight_ih, weight_hh, bias_ih, bias_hh, hx[0], hx[1], reverse=False)
+    _, h, c = _layer(input.unsqueeze(0), None, weight_ih, weight_hh, bias_ih, bias_hh, None, hx[0], hx[1],
+                     reverse=False)
     return h, c

@@ -107,14 +107,9 @@ class LSTM(nn.Module):
             )
 
     def forward(self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None):
-        if self.proj_size > 0:
-            raise NotImplementedError(
-                "lstm_ext.LSTM does not run proj_size > 0 yet; use torch.nn.LSTM for LSTMs with projections"
-            )
         weights = self._flat_weights
-        num_directions = 2 if self.bidirectional else 1
         if isinstance(input, PackedSequence):
-            return self._forward_packed(input, hx, weights, num_directions)
+            return self._forward_packed(input, hx, weights)
 
         if input.dim() not in (2, 3):
             raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
@@ -123,9 +118,9 @@ class LSTM(nn.Module):
         batch_dim = 0 if self.batch_first else 1
         if not is_batched:
             input = input.unsqueeze(batch_dim)
-        state_shape = (self.num_layers * num_directions, input.size(batch_dim), self.hidden_size)
+        batch = input.size(batch_dim)
         if hx is None:
-            hx = self._zero_state(state_shape, input)
+            hx = self._zero_state(batch, input)
         else:
             self._check_state_tuple(hx)
             expected_dim = 3 if is_batched else 2
@@ -136,7 +131,7 @@ class LSTM(nn.Module):
                 )
             if not is_batched:
                 hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-            self._check_states(hx, state_shape, input)
+            self._check_states(hx, batch, input)
 
         output, (h_n, c_n) = lstm(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
                                   self.bidirectional, self.batch_first)
@@ -145,35 +140,40 @@ class LSTM(nn.Module):
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return output, (h_n, c_n)
 
-    def _forward_packed(self, packed: PackedSequence, hx, weights, num_directions):
+    def _forward_packed(self, packed: PackedSequence, hx, weights):
         data, batch_sizes, sorted_indices, unsorted_indices = packed
         if data.dim() != 2:
             raise RuntimeError(f"input must have 2 dimensions, got {data.dim()}")
         self._check_input(data, weights[0].dtype)
-        state_shape = (self.num_layers * num_directions, int(batch_sizes[0]), self.hidden_size)
+        batch = int(batch_sizes[0])
         if hx is None:
-            hx = self._zero_state(state_shape, data)
+            hx = self._zero_state(batch, data)
         else:
             self._check_state_tuple(hx)
             # The states are given in the caller's batch order; the packed rows are sorted by length.
             hx = tuple(_permute_batch(state, sorted_indices) for state in hx)
-            self._check_states(hx, state_shape, data)
+            self._check_states(hx, batch, data)
         output, (h_n, c_n) = lstm(data, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
                                   self.bidirectional, False, batch_sizes=batch_sizes)
         output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
         return output, (_permute_batch(h_n, unsorted_indices), _permute_batch(c_n, unsorted_indices))
 
-    def _zero_state(self, shape, input: Tensor) -> tuple[Tensor, Tensor]:
-        zeros = torch.zeros(shape, dtype=input.dtype, device=input.device)
-        return zeros, zeros
+    def _state_shapes(self, batch: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+        """The shapes of (h_0, c_0): h is proj_size wide when projecting, c always hidden_size."""
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        return (layers, batch, h_size), (layers, batch, self.hidden_size)
+
+    def _zero_state(self, batch: int, input: Tensor) -> tuple[Tensor, Tensor]:
+        return tuple(torch.zeros(shape, dtype=input.dtype, device=input.device) for shape in self._state_shapes(batch))
 
     @staticmethod
     def _check_state_tuple(hx) -> None:
         if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(s, Tensor) for s in hx):
             raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
 
-    def _check_states(self, hx, expected_shape, input: Tensor) -> None:
-        for name, state in (("hidden[0]", hx[0]), ("hidden[1]", hx[1])):
+    def _check_states(self, hx, batch: int, input: Tensor) -> None:
+        for name, state, expected_shape in zip(("hidden[0]", "hidden[1]"), hx, self._state_shapes(batch)):
             if tuple(state.shape) != expected_shape:  # nn.LSTM's words
                 raise RuntimeError(f"Expected {name} size {expected_shape}, got {list(state.shape)}")
             if state.dtype != input.dtype:

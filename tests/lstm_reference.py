@@ -27,13 +27,14 @@ class Config:
     given_state: bool = False
     unbatched: bool = False
     lengths: tuple[int, ...] | None = None  # packed input: each sequence's length (any order); batch = len
+    proj_size: int = 0
 
 
 def make_pair(cfg: Config, dtype, device, load_into="ext"):
     """An nn.LSTM and an lstm_ext.LSTM holding the same weights. load_into="ext" copies nn.LSTM's state
     dict into lstm_ext.LSTM, "torch" the other way round."""
     kwargs = dict(num_layers=cfg.num_layers, bias=cfg.bias, batch_first=cfg.batch_first,
-                  bidirectional=cfg.bidirectional, dtype=dtype, device=device)
+                  bidirectional=cfg.bidirectional, proj_size=cfg.proj_size, dtype=dtype, device=device)
     ref = torch.nn.LSTM(cfg.input_size, cfg.hidden_size, **kwargs)
     ext = lstm_ext.LSTM(cfg.input_size, cfg.hidden_size, **kwargs)
     if load_into == "ext":
@@ -56,8 +57,10 @@ def make_inputs(cfg: Config, dtype, device):
         x = pack_padded_sequence(x, torch.tensor(cfg.lengths), batch_first=cfg.batch_first, enforce_sorted=False)
     if not cfg.given_state:
         return x, None
-    state_shape = (cfg.num_layers * d, cfg.hidden_size) if cfg.unbatched else (cfg.num_layers * d, cfg.batch, cfg.hidden_size)
-    return x, (torch.randn(state_shape, dtype=dtype, device=device), torch.randn(state_shape, dtype=dtype, device=device))
+    batch = () if cfg.unbatched else (cfg.batch,)
+    h_shape = (cfg.num_layers * d, *batch, cfg.proj_size or cfg.hidden_size)
+    c_shape = (cfg.num_layers * d, *batch, cfg.hidden_size)
+    return x, (torch.randn(h_shape, dtype=dtype, device=device), torch.randn(c_shape, dtype=dtype, device=device))
 
 
 def run_with_grads(module, x, hx):

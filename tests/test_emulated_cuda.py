@@ -31,9 +31,9 @@ GEOMETRIES = [  # (threads_per_block, max_blocks, force_64bit_index)
 ]
 
 
-def layer_args(T, B, I, H, dtype, bias=True, packed=False):
-    """[input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0]; packed: B sequences of
-    lengths T, T-1, ... (at least 1), so rows leave the batch at several steps."""
+def layer_args(T, B, I, H, dtype, bias=True, packed=False, proj=0):
+    """[input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0]; packed: B sequences
+    of lengths T, T-1, ... (at least 1), so rows leave the batch at several steps; proj: weight_hr's rows."""
     def t(*shape):
         return torch.randn(*shape, dtype=dtype)
     b_ih, b_hh = (t(4 * H), t(4 * H)) if bias else (None, None)
@@ -43,7 +43,8 @@ def layer_args(T, B, I, H, dtype, bias=True, packed=False):
         x = t(int(batch_sizes.sum()), I)
     else:
         x, batch_sizes = t(T, B, I), None
-    return [x, batch_sizes, t(4 * H, I), t(4 * H, H), b_ih, b_hh, t(B, H), t(B, H)]
+    P = proj or H
+    return [x, batch_sizes, t(4 * H, I), t(4 * H, P), b_ih, b_hh, t(P, H) if proj else None, t(B, P), t(B, H)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -52,7 +53,8 @@ def layer_args(T, B, I, H, dtype, bias=True, packed=False):
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_emulated_cuda_equals_cpu(dtype, sizes, geometry, reverse, packed):
-    args = layer_args(*sizes, dtype=dtype, bias=sizes[0] != 3, packed=packed)  # one size runs without bias
+    # One size runs without bias, one with a projection.
+    args = layer_args(*sizes, dtype=dtype, bias=sizes[0] != 3, packed=packed, proj=2 if sizes[3] == 13 else 0)
     has_bias = args[4] is not None
     launch_order_reversed = sizes[1] % 2 == 1  # both block/thread orders are exercised across sizes
     launch = (*geometry, launch_order_reversed)
@@ -60,16 +62,17 @@ def test_emulated_cuda_equals_cpu(dtype, sizes, geometry, reverse, packed):
     for training in (True, False):
         expected = cpu_forward(*args, reverse, training)
         actual = emulated_forward(*args, reverse, training, *launch)
-        for name, e, a in zip(["output", "h_n", "c_n", "gates", "cells"], expected, actual):
+        for name, e, a in zip(["output", "h_n", "c_n", "gates", "cells", "unprojected"], expected, actual):
             torch.testing.assert_close(a, e, **TOLERANCES[dtype], msg=lambda m: f"forward {name}: {m}")
 
-    output, h_n, c_n, gates, cells = cpu_forward(*args, reverse, True)
-    x, batch_sizes, w_ih, w_hh, _, _, h0, c0 = args
+    output, h_n, c_n, gates, cells, unprojected = cpu_forward(*args, reverse, True)
+    x, batch_sizes, w_ih, w_hh, _, _, w_hr, h0, c0 = args
     grads = [torch.randn_like(output), torch.randn_like(h_n), torch.randn_like(c_n)]
-    backward_args = (*grads, x, batch_sizes, w_ih, w_hh, h0, c0, output, gates, cells, reverse, has_bias)
+    backward_args = (*grads, x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, output, gates, cells, unprojected, reverse,
+                     has_bias)
     expected = cpu_backward(*backward_args)
     actual = emulated_backward(*backward_args, *launch)
-    names = ["grad_input", "grad_weight_ih", "grad_weight_hh", "grad_bias", "grad_h0", "grad_c0"]
+    names = ["grad_input", "grad_weight_ih", "grad_weight_hh", "grad_bias", "grad_weight_hr", "grad_h0", "grad_c0"]
     for name, e, a in zip(names, expected, actual):
         torch.testing.assert_close(a, e, **TOLERANCES[dtype], msg=lambda m: f"backward {name}: {m}")
 
@@ -90,7 +93,7 @@ def test_emulated_cuda_gradients_match_nn_lstm_through_the_cpu_reference():
     c0 = torch.randn(1, B, H, dtype=torch.float64)
     expected_output, (expected_h, expected_c) = ref(x, (h0, c0))
     weights = [ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0, ref.bias_hh_l0]
-    output, h_n, c_n, _, _ = emulated_forward(x, None, *[w.detach() for w in weights], h0[0], c0[0], False, True,
+    output, h_n, c_n, *_ = emulated_forward(x, None, *[w.detach() for w in weights], None, h0[0], c0[0], False, True,
                                               16, 2, False, False)
     torch.testing.assert_close(output, expected_output.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(h_n, expected_h[0].detach(), rtol=1e-12, atol=1e-12)

@@ -70,3 +70,19 @@ def test_packed_sequence_matches_nn_lstm(device, dtype, lengths, shape, given_st
     cfg = Config(input_size=3, hidden_size=5, num_layers=L, bidirectional=bidirectional, batch_first=batch_first,
                  given_state=given_state, lengths=lengths)
     assert_equal_to_nn_lstm(cfg, dtype, device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "L{}{}{}".format(s[0], "bi" if s[1] else "uni", "bf" if s[2] else "tf"))
+@pytest.mark.parametrize("proj_size,lengths", [(1, None), (3, None), (2, (4, 1, 3))], ids=["p1", "p3", "p2_packed"])
+@pytest.mark.parametrize("given_state", [False, True], ids=["zero_state", "given_state"])
+def test_proj_size_matches_nn_lstm(device, dtype, shape, proj_size, lengths, given_state):
+    L, bidirectional, batch_first = shape
+    cfg = Config(seq_len=5, batch=3, input_size=4, hidden_size=6, num_layers=L, bidirectional=bidirectional,
+                 batch_first=batch_first, given_state=given_state, lengths=lengths, proj_size=proj_size)
+    assert_equal_to_nn_lstm(cfg, dtype, device)
+
+
+def test_proj_size_unbatched_without_bias(device):
+    assert_equal_to_nn_lstm(Config(bias=False, unbatched=True, given_state=True, proj_size=2, num_layers=2,
+                                   bidirectional=True), torch.float64, device)

@@ -87,6 +87,20 @@ def test_each_sequence_is_classified_from_its_own_last_state(device, lstm, num_l
 
 
 @pytest.mark.parametrize("lstm", IMPLEMENTATIONS)
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_logits_map_the_last_layers_final_states_of_both_directions(device, lstm, num_layers):
+    """The features are [forward state after the last token, backward state after the first token]."""
+    model = make_model(lstm, num_layers, bidirectional=True).double().to(device).eval()
+    tokens, lengths = ragged_batch(RAGGED_LENGTHS, device)
+    logits = model(tokens, lengths)
+    hidden = model.hidden_size
+    for row, length in enumerate(lengths.tolist()):
+        output, _ = model.lstm(model.embedding(tokens[row:row + 1, :length]))  # [1, length, 2H], no padding
+        features = torch.cat([output[0, -1, :hidden], output[0, 0, hidden:]])
+        torch.testing.assert_close(logits[row], model.classifier(features), rtol=0, atol=1e-12, msg=f"row {row}")
+
+
+@pytest.mark.parametrize("lstm", IMPLEMENTATIONS)
 def test_padding_changes_neither_logits_nor_gradients(device, lstm):
     model = make_model(lstm, num_layers=2, bidirectional=True).double().to(device)
     tokens, lengths = ragged_batch(RAGGED_LENGTHS, device)

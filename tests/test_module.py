@@ -169,11 +169,6 @@ def test_packed_output_is_a_packed_sequence(device):
     assert torch.equal(output.unsorted_indices, expected.unsorted_indices)
 
 
-def test_not_yet_supported_inputs_raise(device):
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        lstm_ext.LSTM(4, 6, proj_size=3, device=device)(torch.randn(5, 2, 4, device=device))
-
-
 def test_empty_batch_like_nn_lstm(device):
     ref, ext = make_pair(Config(input_size=4, hidden_size=6, num_layers=2), torch.float64, device)
     x = torch.randn(5, 0, 4, dtype=torch.float64, device=device, requires_grad=True)

@@ -11,9 +11,12 @@ forward_op = torch.ops.lstm_ext.lstm_layer_forward
 backward_op = torch.ops.lstm_ext.lstm_layer_backward
 
 
-def layer_args(device, dtype=torch.float64, T=4, B=3, I=5, H=6, bias=True, requires_grad=False, lengths=None):
-    """The forward op's tensor arguments: [input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0].
-    With `lengths` (sorted, longest first) the input is packed rows with their batch_sizes."""
+def layer_args(device, dtype=torch.float64, T=4, B=3, I=5, H=6, bias=True, requires_grad=False, lengths=None,
+               proj=0):
+    """The forward op's tensor arguments:
+    [input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0].
+    With `lengths` (sorted, longest first) the input is packed rows with their batch_sizes; with `proj`
+    a weight_hr projects h to that size."""
     def t(*shape):
         return torch.randn(*shape, dtype=dtype, device=device, requires_grad=requires_grad)
     b_ih, b_hh = (t(4 * H), t(4 * H)) if bias else (None, None)
@@ -22,49 +25,56 @@ def layer_args(device, dtype=torch.float64, T=4, B=3, I=5, H=6, bias=True, requi
     else:
         batch_sizes = torch.tensor([sum(1 for n in lengths if n > step) for step in range(max(lengths))])
         x, B = t(int(batch_sizes.sum()), I), len(lengths)
-    return [x, batch_sizes, t(4 * H, I), t(4 * H, H), b_ih, b_hh, t(B, H), t(B, H)]
+    P = proj or H
+    weight_hr = t(P, H) if proj else None
+    return [x, batch_sizes, t(4 * H, I), t(4 * H, P), b_ih, b_hh, weight_hr, t(B, P), t(B, H)]
 
 
 PACKED_LENGTHS = [5, 3, 3, 1]
 
 
-def backward_args(forward_args, forward_results, has_bias):
-    x, batch_sizes, w_ih, w_hh, _, _, h0, c0 = forward_args
-    output, h_n, c_n, gates, cells = forward_results
+def backward_args(forward_args, forward_results):
+    x, batch_sizes, w_ih, w_hh, _, _, w_hr, h0, c0 = forward_args
+    output, h_n, c_n, gates, cells, unprojected = forward_results
     grads = [torch.randn_like(output), torch.randn_like(h_n), torch.randn_like(c_n)]
-    return [*grads, x, batch_sizes, w_ih, w_hh, h0, c0, output, gates, cells]
+    return [*grads, x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, output, gates, cells, unprojected]
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+VARIANTS = {"padded": {}, "packed": dict(lengths=[5, 3, 3, 1]), "proj": dict(proj=4),
+            "packed_proj": dict(lengths=[5, 3, 3, 1], proj=2)}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("training", [True, False])
-def test_opcheck_forward(device, packed, reverse, bias, training):
-    args = layer_args(device, bias=bias, requires_grad=training, lengths=PACKED_LENGTHS if packed else None)
+def test_opcheck_forward(device, variant, reverse, bias, training):
+    args = layer_args(device, bias=bias, requires_grad=training, **VARIANTS[variant])
     torch.library.opcheck(forward_op, (*args, reverse, training))
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
-def test_opcheck_backward(device, packed, reverse, bias):
-    args = layer_args(device, bias=bias, lengths=PACKED_LENGTHS if packed else None)
+def test_opcheck_backward(device, variant, reverse, bias):
+    args = layer_args(device, bias=bias, **VARIANTS[variant])
     results = forward_op(*args, reverse, True)
-    torch.library.opcheck(backward_op, (*backward_args(args, results, bias), reverse, bias))
+    torch.library.opcheck(backward_op, (*backward_args(args, results), reverse, bias))
 
 
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("sizes", [(4, 3, 5, 6), (1, 1, 1, 1), (3, 2, 1, 3), "packed"], ids=str)
+@pytest.mark.parametrize("sizes", [(4, 3, 5, 6), (1, 1, 1, 1), (3, 2, 1, 3), "packed", "proj", "packed_proj"],
+                         ids=str)
 def test_gradcheck_function(device, reverse, bias, sizes):
-    if sizes == "packed":
-        args = layer_args(device, I=3, H=4, bias=bias, requires_grad=True, lengths=PACKED_LENGTHS)
+    if isinstance(sizes, str):
+        args = layer_args(device, I=3, H=4, bias=bias, requires_grad=True, **VARIANTS[sizes])
     else:
         T, B, I, H = sizes
         args = layer_args(device, T=T, B=B, I=I, H=H, bias=bias, requires_grad=True)
 
     def f(*tensors):
-        output, h_n, c_n, _, _ = LSTMFunction.apply(*tensors, reverse, True)
+        output, h_n, c_n, *_ = LSTMFunction.apply(*tensors, reverse, True)
         return output, h_n, c_n
 
     assert torch.autograd.gradcheck(f, args)
@@ -104,9 +114,9 @@ def test_noncontiguous_arguments(device):
     # Any strides are accepted: the op makes what it needs contiguous.
     args = layer_args(device)
     expected = forward_op(*args, False, True)
-    x, batch_sizes, w_ih, w_hh, b_ih, b_hh, h0, c0 = args
+    x, batch_sizes, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0 = args
     strided = [x.transpose(0, 1).contiguous().transpose(0, 1), batch_sizes, w_ih.t().contiguous().t(), w_hh[:, :],
-               torch.stack([b_ih, b_ih], 1)[:, 0].copy_(b_ih), b_hh, h0.t().contiguous().t(), c0]
+               torch.stack([b_ih, b_ih], 1)[:, 0].copy_(b_ih), b_hh, w_hr, h0.t().contiguous().t(), c0]
     assert not strided[0].is_contiguous() and not strided[2].is_contiguous() and not strided[4].is_contiguous()
     actual = forward_op(*strided, False, True)
     for a, b in zip(expected, actual):
@@ -127,9 +137,11 @@ ERROR_CASES = {  # name: (argument index, replacement builder, message fragment)
     "weight_hh_shape": (3, lambda a: a[3][:-1], "weight_hh must have shape [4*hidden_size, hidden_size]"),
     "bias_ih_shape": (4, lambda a: a[4][:-1], "bias_ih must have shape [4*hidden_size]"),
     "bias_hh_missing": (5, lambda a: None, "bias_ih and bias_hh must both be given or both be None"),
-    "h0_shape": (6, lambda a: a[6][:-1], "h0 must have shape [batch, hidden_size]"),
-    "c0_shape": (7, lambda a: a[7][:, :-1], "c0 must have shape [batch, hidden_size]"),
-    "h0_dtype": (6, lambda a: a[6].float(), "h0 must have the dtype of input"),
+    "weight_hr_shape": (6, lambda a: torch.randn(4, 5, dtype=a[0].dtype),
+                        "weight_hh must have shape [4*hidden_size, proj_size] = [20, 4], got [24, 6]"),
+    "h0_shape": (7, lambda a: a[7][:-1], "h0 must have shape [batch, hidden_size]"),
+    "c0_shape": (8, lambda a: a[8][:, :-1], "c0 must have shape [batch, hidden_size]"),
+    "h0_dtype": (7, lambda a: a[7].float(), "h0 must have the dtype of input"),
     "weight_hh_dtype": (3, lambda a: a[3].float(), "weight_hh must have the dtype of input"),
 }
 
@@ -165,15 +177,16 @@ def test_forward_argument_errors(device, case):
 
 def test_backward_argument_errors(device):
     args = layer_args(device)
-    output, h_n, c_n, gates, cells = forward_op(*args, False, True)
-    good = backward_args(args, (output, h_n, c_n, gates, cells), True) + [False, True]
+    results = forward_op(*args, False, True)
+    output, h_n, c_n, gates, cells, unprojected = results
+    good = backward_args(args, results) + [False, True]
     backward_op(*good)
     for index, value, message in [
-        (0, output[:, :-1], "grad_output must have shape [seq_len, batch, hidden_size]"),
+        (0, output[:, :-1], "grad_output must have shape [seq_len, batch, hidden_size or proj_size]"),
         (1, h_n.float(), "grad_h_n must have the dtype of input"),
-        (10, gates[..., :-1], "gates must have shape [seq_len, batch, 4*hidden_size]"),
-        (10, gates.new_empty(0), "gates is empty: the forward ran with training=False"),
-        (11, cells[:-1], "cells must have shape [seq_len, batch, hidden_size]"),
+        (11, gates[..., :-1], "gates must have shape [seq_len, batch, 4*hidden_size]"),
+        (11, gates.new_empty(0), "gates is empty: the forward ran with training=False"),
+        (12, cells[:-1], "cells must have shape [seq_len, batch, hidden_size]"),
     ]:
         with pytest.raises(RuntimeError, match="lstm_ext.lstm_layer_backward") as info:
             backward_op(*_replace(good, index, value))
@@ -183,6 +196,6 @@ def test_backward_argument_errors(device):
 @pytest.mark.skipif(not CUDA_READY, reason=CUDA_SKIP_REASON)
 def test_cpu_state_with_cuda_input_is_an_error():
     args = layer_args("cuda")
-    bad = _replace(args, 6, args[6].cpu())
+    bad = _replace(args, 7, args[7].cpu())
     with pytest.raises(RuntimeError, match="h0 must be on the device of input"):
         forward_op(*bad, False, True)

@@ -57,25 +57,27 @@ EmulatedCudaPointwiseSteps make_steps(const char* op, int64_t threads_per_block,
 LayerForwardTuple emulated_forward(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
                                    const at::Tensor& weight_ih, const at::Tensor& weight_hh,
                                    const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
-                                   const at::Tensor& h0, const at::Tensor& c0, bool reverse, bool training,
+                                   const std::optional<at::Tensor>& weight_hr, const at::Tensor& h0,
+                                   const at::Tensor& c0, bool reverse, bool training,
                                    int64_t threads_per_block, int64_t max_blocks, bool force_64bit_index,
                                    bool reverse_launch_order) {
   const auto steps = make_steps(kForwardOp, threads_per_block, max_blocks, force_64bit_index, reverse_launch_order);
-  return run_layer_forward(kForwardOp, steps, input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, reverse,
-                           training);
+  return run_layer_forward(kForwardOp, steps, input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                           h0, c0, reverse, training);
 }
 
 LayerBackwardTuple emulated_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                                      const at::Tensor& grad_c_n, const at::Tensor& input,
                                      const std::optional<at::Tensor>& batch_sizes, const at::Tensor& weight_ih,
-                                     const at::Tensor& weight_hh, const at::Tensor& h0, const at::Tensor& c0,
-                                     const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cells,
+                                     const at::Tensor& weight_hh, const std::optional<at::Tensor>& weight_hr,
+                                     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& output,
+                                     const at::Tensor& gates, const at::Tensor& cells, const at::Tensor& unprojected,
                                      bool reverse, bool has_bias, int64_t threads_per_block, int64_t max_blocks,
                                      bool force_64bit_index, bool reverse_launch_order) {
   const auto steps =
       make_steps(kBackwardOp, threads_per_block, max_blocks, force_64bit_index, reverse_launch_order);
-  return run_layer_backward(kBackwardOp, steps, grad_output, grad_h_n, grad_c_n, input, batch_sizes, weight_ih, weight_hh, h0,
-                            c0, output, gates, cells, reverse, has_bias);
+  return run_layer_backward(kBackwardOp, steps, grad_output, grad_h_n, grad_c_n, input, batch_sizes, weight_ih,
+                            weight_hh, weight_hr, h0, c0, output, gates, cells, unprojected, reverse, has_bias);
 }
 
 }  // namespace
