@@ -13,9 +13,9 @@ bool dtype_supported(const at::Tensor& t) {
   switch (t.scalar_type()) {
     case at::kFloat:
     case at::kDouble:
+    case at::kBFloat16:
       return true;
     case at::kHalf:
-    case at::kBFloat16:
       return t.is_cuda();
     default:
       return false;
@@ -67,8 +67,8 @@ LayerSizes check_layer_forward_args(const char* op, const at::Tensor& input, con
     s.layout = padded_layout(input.size(0), input.size(1));
   }
   s.I = input.size(-1);
-  TORCH_CHECK(dtype_supported(input), op, ": input must be float32 or float64",
-              " (float16 and bfloat16 on CUDA), got ", input.scalar_type(), " on ", input.device());
+  TORCH_CHECK(dtype_supported(input), op, ": input must be float32, float64 or bfloat16",
+              " (or float16 on CUDA), got ", input.scalar_type(), " on ", input.device());
   check_defined(op, "weight_hh", weight_hh);
   if (weight_hr.defined()) {
     TORCH_CHECK(weight_hr.dim() == 2, op, ": weight_hr must be 2-D [proj_size, hidden_size], got ", weight_hr.sizes());

@@ -16,8 +16,21 @@ from . import _ops
 from .autograd import LSTMFunction
 
 
+def _distinct(tensors):
+    """The same tensor object passed twice (say hx = (zeros, zeros)) becomes a view the second time:
+    torch.compile cannot trace an autograd.Function given one tensor in two places."""
+    seen = []
+    distinct = []
+    for t in tensors:
+        if t is not None and any(t is s for s in seen):
+            t = t.view_as(t)
+        seen.append(t)
+        distinct.append(t)
+    return tuple(distinct)
+
+
 def _layer(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse):
-    tensors = (input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0)
+    tensors = _distinct((input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0))
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if needs_grad:
         output, h_n, c_n, *_ = LSTMFunction.apply(*tensors, reverse, True)

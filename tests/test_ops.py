@@ -131,7 +131,7 @@ def _replace(args, index, value):
 
 ERROR_CASES = {  # name: (argument index, replacement builder, message fragment)
     "input_2d": (0, lambda a: a[0][0], "input must be 3-D"),
-    "input_int": (0, lambda a: a[0].long(), "input must be float32 or float64"),
+    "input_int": (0, lambda a: a[0].long(), "input must be float32, float64 or bfloat16"),
     "packed_input_3d": (1, lambda a: torch.tensor([3, 3, 3, 3]), "with batch_sizes, input must be 2-D"),
     "weight_ih_shape": (2, lambda a: a[2][:, :-1], "weight_ih must have shape [4*hidden_size, input_size]"),
     "weight_hh_shape": (3, lambda a: a[3][:-1], "weight_hh must have shape [4*hidden_size, hidden_size]"),

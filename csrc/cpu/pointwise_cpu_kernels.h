@@ -6,8 +6,11 @@
 // LSTM_EXT_CPU_VARIANT (the namespace) and include this file; cpu_pointwise_steps() picks one at run
 // time. Include only from those files.
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+
+#include <type_traits>
 
 #include "../lstm_math.h"
 #include "../pointwise_step.h"
@@ -29,13 +32,14 @@ struct Transcendentals<at::vec::Vectorized<S>> {
 namespace LSTM_EXT_CPU_VARIANT {
 namespace {
 
-// How a group of `width` consecutive units is loaded and stored: one scalar, or one SIMD vector.
+// How a group of `width` consecutive units is loaded and stored: one scalar, or one SIMD vector. The
+// math runs in `type`: for bfloat16 storage that is float (at::opmath_type).
 template <typename S>
 struct ScalarLanes {
-  using type = S;
+  using type = at::opmath_type<S>;
   static constexpr int64_t width = 1;
-  static S load(const S* p) { return *p; }
-  static void store(S* p, S v) { *p = v; }
+  static type load(const S* p) { return static_cast<type>(*p); }
+  static void store(S* p, type v) { *p = static_cast<S>(v); }
 };
 
 template <typename S>
@@ -47,11 +51,14 @@ struct VectorLanes {
 };
 
 // Calls unit_fn(lanes, j) for each group of units in [0, H): whole vectors first, then a scalar tail.
+// Storage types narrower than their math type (bfloat16) take the scalar path throughout.
 template <typename S, typename UnitFn>
 inline void for_each_unit_group(int64_t H, const UnitFn& unit_fn) {
   int64_t j = 0;
-  for (; j + VectorLanes<S>::width <= H; j += VectorLanes<S>::width) {
-    unit_fn(VectorLanes<S>{}, j);
+  if constexpr (std::is_same_v<S, at::opmath_type<S>>) {
+    for (; j + VectorLanes<S>::width <= H; j += VectorLanes<S>::width) {
+      unit_fn(VectorLanes<S>{}, j);
+    }
   }
   for (; j < H; ++j) {
     unit_fn(ScalarLanes<S>{}, j);
@@ -131,12 +138,12 @@ void backward_step(const BackwardStepArgs& args) {
 class CpuPointwiseSteps final : public PointwiseSteps {
  public:
   void forward(const ForwardStepArgs& args) const override {
-    AT_DISPATCH_FLOATING_TYPES(args.gates.scalar_type(), "lstm_ext_cpu_forward_step",
-                               [&] { forward_step<scalar_t>(args); });
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, args.gates.scalar_type(), "lstm_ext_cpu_forward_step",
+                                   [&] { forward_step<scalar_t>(args); });
   }
   void backward(const BackwardStepArgs& args) const override {
-    AT_DISPATCH_FLOATING_TYPES(args.gates.scalar_type(), "lstm_ext_cpu_backward_step",
-                               [&] { backward_step<scalar_t>(args); });
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, args.gates.scalar_type(), "lstm_ext_cpu_backward_step",
+                                   [&] { backward_step<scalar_t>(args); });
   }
 };
 
