@@ -66,6 +66,8 @@ def lstm(
         layout = "[N, I] (packed)" if batch_sizes is not None else ("[B, T, I]" if batch_first else "[T, B, I]")
         raise ValueError(f"lstm: input must be {expected_dim}-D {layout}, got {input.dim()}-D with shape "
                          f"{tuple(input.shape)}")
+    if batch_sizes is None and input.size(1 if batch_first else 0) == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")  # nn.LSTM's words
     num_directions = 2 if bidirectional else 1
     base = 4 if has_biases else 2
     per_direction = len(flat_weights) // (num_layers * num_directions)
