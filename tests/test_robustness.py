@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 import lstm_ext
 from lstm_reference import Config, assert_equal_to_nn_lstm, make_pair, make_inputs, run_with_grads
 
-# CI runs the property test with more examples (HYPOTHESIS_EXAMPLES, .ci/run sets 300).
-PROPERTY_EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "60"))
+# 300 random configurations by default (a few seconds); HYPOTHESIS_EXAMPLES changes it.
+PROPERTY_EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "300"))
 
 
 def test_gradients_are_bitwise_repeatable(device):
