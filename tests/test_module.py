@@ -157,6 +157,13 @@ def test_wrongly_shaped_parameter_is_refused(device):
         ext(torch.randn(5, 3, 4, device=device))
 
 
+def test_parameter_of_the_wrong_dtype_is_refused(device):
+    ext = lstm_ext.LSTM(4, 6, device=device)
+    ext.weight_hh_l0 = nn.Parameter(torch.randn(24, 6, device=device, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=r"weight_hh must have the dtype of input \(Float\), got Double"):
+        ext(torch.randn(5, 3, 4, device=device))
+
+
 def test_packed_output_is_a_packed_sequence(device):
     ref, ext = make_pair(Config(input_size=4, hidden_size=6), torch.float64, device)
     packed = pack_padded_sequence(torch.randn(5, 2, 4, dtype=torch.float64, device=device), torch.tensor([3, 5]),
