@@ -25,7 +25,7 @@ at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
 
 }  // namespace
 
-LayerForwardTuple run_layer_forward(const char* op, const PointwiseSteps& steps, const at::Tensor& input,
+LayerForwardTuple run_layer_forward(const char* op, const StepKernels& steps, const at::Tensor& input,
                                     const std::optional<at::Tensor>& batch_sizes, const at::Tensor& weight_ih,
                                     const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
                                     const std::optional<at::Tensor>& bias_hh,
@@ -45,7 +45,7 @@ LayerForwardTuple run_layer_forward(const char* op, const PointwiseSteps& steps,
           as_sequence(sizes, r.unprojected)};
 }
 
-LayerBackwardTuple run_layer_backward(const char* op, const PointwiseSteps& steps, const at::Tensor& grad_output,
+LayerBackwardTuple run_layer_backward(const char* op, const StepKernels& steps, const at::Tensor& grad_output,
                                       const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
                                       const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
                                       const at::Tensor& weight_ih, const at::Tensor& weight_hh,

@@ -7,7 +7,7 @@
 #include <optional>
 #include <tuple>
 
-#include "pointwise_step.h"
+#include "step_kernels.h"
 
 namespace lstm_ext {
 
@@ -32,14 +32,14 @@ using LayerForwardTuple = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Ten
 using LayerBackwardTuple =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-LayerForwardTuple run_layer_forward(const char* op, const PointwiseSteps& steps, const at::Tensor& input,
+LayerForwardTuple run_layer_forward(const char* op, const StepKernels& steps, const at::Tensor& input,
                                     const std::optional<at::Tensor>& batch_sizes, const at::Tensor& weight_ih,
                                     const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
                                     const std::optional<at::Tensor>& bias_hh,
                                     const std::optional<at::Tensor>& weight_hr, const at::Tensor& h0,
                                     const at::Tensor& c0, bool reverse, bool training);
 
-LayerBackwardTuple run_layer_backward(const char* op, const PointwiseSteps& steps, const at::Tensor& grad_output,
+LayerBackwardTuple run_layer_backward(const char* op, const StepKernels& steps, const at::Tensor& grad_output,
                                       const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
                                       const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
                                       const at::Tensor& weight_ih, const at::Tensor& weight_hh,

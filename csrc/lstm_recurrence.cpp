@@ -76,7 +76,7 @@ at::Tensor recurrent_weight_grad(const SequenceLayout& layout, const at::Tensor&
 
 }  // namespace
 
-LayerForwardResult lstm_layer_forward(const PointwiseSteps& steps, const SequenceLayout& layout,
+LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLayout& layout,
                                       const at::Tensor& input, const LayerWeights& weights, const at::Tensor& h0,
                                       const at::Tensor& c0, bool reverse, bool training) {
   const int64_t N = layout.rows, T = layout.steps(), B = layout.batch;
@@ -100,30 +100,29 @@ LayerForwardResult lstm_layer_forward(const PointwiseSteps& steps, const Sequenc
   at::Tensor cells = training ? at::empty({N, H}, options) : at::empty({0}, options);
   at::Tensor c_state = training ? at::Tensor() : c0.clone(at::MemoryFormat::Contiguous);
   at::Tensor unprojected = !projected ? at::empty({0}, options) : at::empty({training ? N : B, H}, options);
-  const at::Tensor weight_hh_t = weights.weight_hh.t();
-  const at::Tensor weight_hr_t = projected ? weights.weight_hr.t() : at::Tensor();
   for (int64_t step = 0; step < T; ++step) {
     const int64_t t = reverse ? T - 1 - step : step;
     const StepRows s = step_rows(layout, t, reverse);
     at::Tensor gates_t = gates.narrow(0, s.offset, s.rows);
     for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
-      gates_t.narrow(0, first, count).addmm_(previous_rows(s, output, h0, first, count, from_prev), weight_hh_t);
+      steps.matmul(gates_t.narrow(0, first, count), previous_rows(s, output, h0, first, count, from_prev),
+                   weights.weight_hh, /*transpose_weight=*/true, /*accumulate=*/true);
     });
     at::Tensor h_t = output.narrow(0, s.offset, s.rows);
     at::Tensor cell_h_t = !projected ? h_t : unprojected.narrow(0, training ? s.offset : 0, s.rows);
     if (training) {
       for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
-        steps.forward(ForwardStepArgs{gates_t.narrow(0, first, count),
+        steps.forward_pointwise(ForwardStepArgs{gates_t.narrow(0, first, count),
                                       previous_rows(s, cells, c0, first, count, from_prev),
                                       cell_h_t.narrow(0, first, count), cells.narrow(0, s.offset + first, count),
                                       true});
       });
     } else {
       at::Tensor c = c_state.narrow(0, 0, s.rows);
-      steps.forward(ForwardStepArgs{gates_t, c, cell_h_t, c, false});
+      steps.forward_pointwise(ForwardStepArgs{gates_t, c, cell_h_t, c, false});
     }
     if (projected) {
-      at::mm_out(h_t, cell_h_t, weight_hr_t);
+      steps.matmul(h_t, cell_h_t, weights.weight_hr, /*transpose_weight=*/true, /*accumulate=*/false);
     }
   }
 
@@ -150,7 +149,7 @@ LayerForwardResult lstm_layer_forward(const PointwiseSteps& steps, const Sequenc
   return result;
 }
 
-LayerBackwardResult lstm_layer_backward(const PointwiseSteps& steps, const SequenceLayout& layout,
+LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const SequenceLayout& layout,
                                         const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                                         const at::Tensor& grad_c_n, const at::Tensor& input,
                                         const LayerWeights& weights, const at::Tensor& h0, const at::Tensor& c0,
@@ -182,17 +181,18 @@ LayerBackwardResult lstm_layer_backward(const PointwiseSteps& steps, const Seque
       at::Tensor grad_h_t = grad_h_total.narrow(0, s.offset, s.rows);
       at::add_out(grad_h_t, grad_h_out, grad_h_live);
       grad_h_out = grad_unprojected.narrow(0, 0, s.rows);
-      at::mm_out(grad_h_out, grad_h_t, weights.weight_hr);
+      steps.matmul(grad_h_out, grad_h_t, weights.weight_hr, /*transpose_weight=*/false, /*accumulate=*/false);
       grad_h_next = no_grad_h.narrow(0, 0, s.rows);
     }
     for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
       const int64_t row = s.offset + first;
-      steps.backward(BackwardStepArgs{saved.gates.narrow(0, row, count), saved.cells.narrow(0, row, count),
+      steps.backward_pointwise(BackwardStepArgs{saved.gates.narrow(0, row, count), saved.cells.narrow(0, row, count),
                                       previous_rows(s, saved.cells, c0, first, count, from_prev),
                                       grad_h_out.narrow(0, first, count), grad_h_next.narrow(0, first, count),
                                       grad_c.narrow(0, first, count), grad_gates.narrow(0, row, count)});
     });
-    at::mm_out(grad_h_live, grad_gates.narrow(0, s.offset, s.rows), weights.weight_hh);
+    steps.matmul(grad_h_live, grad_gates.narrow(0, s.offset, s.rows), weights.weight_hh, /*transpose_weight=*/false,
+                 /*accumulate=*/false);
   }
 
   // 2. Everything that does not feed the recurrence, as large GEMMs over all steps at once.

@@ -1,6 +1,6 @@
 // lstm_recurrence.h -- the forward and backward time loops of one LSTM layer and direction, written
 // once over ATen ops for every device. GEMMs stay in ATen (MKL/oneDNN on the CPU, cuBLAS on the current
-// stream on CUDA); the per-step pointwise pass is the device's PointwiseSteps.
+// stream on CUDA); the per-step pointwise pass is the device's StepKernels.
 //
 // Sequences are rows, step after step (sequence_layout.h), so one loop serves padded batches and
 // PackedSequences: at step t only the first batch_sizes[t] rows are live, and the GEMM and the pointwise
@@ -17,7 +17,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "pointwise_step.h"
+#include "step_kernels.h"
 #include "sequence_layout.h"
 
 namespace lstm_ext {
@@ -57,11 +57,11 @@ struct LayerBackwardResult {
   at::Tensor grad_c0;         // [B, H]
 };
 
-LayerForwardResult lstm_layer_forward(const PointwiseSteps& steps, const SequenceLayout& layout,
+LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLayout& layout,
                                       const at::Tensor& input, const LayerWeights& weights, const at::Tensor& h0,
                                       const at::Tensor& c0, bool reverse, bool training);
 
-LayerBackwardResult lstm_layer_backward(const PointwiseSteps& steps, const SequenceLayout& layout,
+LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const SequenceLayout& layout,
                                         const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                                         const at::Tensor& grad_c_n, const at::Tensor& input,
                                         const LayerWeights& weights, const at::Tensor& h0, const at::Tensor& c0,

@@ -15,7 +15,7 @@ constexpr const char* kForwardOp = "lstm_ext.lstm_layer_forward";
 constexpr const char* kBackwardOp = "lstm_ext.lstm_layer_backward";
 
 struct CpuBackend {
-  static const PointwiseSteps& steps() { return cpu_pointwise_steps(); }
+  static const StepKernels& steps() { return cpu_step_kernels(); }
   struct Guard {
     explicit Guard(const at::Tensor&) {}
   };
@@ -23,7 +23,7 @@ struct CpuBackend {
 
 #ifdef LSTM_EXT_WITH_CUDA
 struct CudaBackend {
-  static const PointwiseSteps& steps() { return cuda_pointwise_steps(); }
+  static const StepKernels& steps() { return cuda_step_kernels(); }
   // Kernels and cuBLAS calls go to the current stream of the input's device.
   struct Guard {
     explicit Guard(const at::Tensor& input) : device_guard(input.device()) {}

@@ -25,6 +25,8 @@ CPU_SOURCES = [
     "arg_checks.cpp",
     "sequence_layout.cpp",
     "lstm_recurrence.cpp",
+    "step_kernels.cpp",
+    "cpu/blas_gemm.cpp",
     "cpu/pointwise_cpu.cpp",
     "emulated/pointwise_emulated.cpp",  # the CUDA kernels run on the CPU, for the tests
     "cpu/pointwise_cpu_avx2.cpp",  # last: see the file's comment on link order

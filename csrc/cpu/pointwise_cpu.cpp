@@ -5,12 +5,12 @@
 
 namespace lstm_ext {
 namespace avx2 {
-const PointwiseSteps& pointwise_steps();
+const StepKernels& step_kernels();
 }  // namespace avx2
 
-const PointwiseSteps& cpu_pointwise_steps() {
+const StepKernels& cpu_step_kernels() {
   static const bool use_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return use_avx2 ? avx2::pointwise_steps() : baseline::pointwise_steps();
+  return use_avx2 ? avx2::step_kernels() : baseline::step_kernels();
 }
 
 }  // namespace lstm_ext

@@ -3,7 +3,7 @@
 // lstm_math.h's, run on the vector type through a Transcendentals specialization.
 //
 // Compiled once per instruction set: pointwise_cpu.cpp (baseline) and pointwise_cpu_avx2.cpp define
-// LSTM_EXT_CPU_VARIANT (the namespace) and include this file; cpu_pointwise_steps() picks one at run
+// LSTM_EXT_CPU_VARIANT (the namespace) and include this file; cpu_step_kernels() picks one at run
 // time. Include only from those files.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -13,7 +13,8 @@
 #include <type_traits>
 
 #include "../lstm_math.h"
-#include "../pointwise_step.h"
+#include "../step_kernels.h"
+#include "blas_gemm.h"
 
 #ifndef LSTM_EXT_CPU_VARIANT
 #error "define LSTM_EXT_CPU_VARIANT before including pointwise_cpu_kernels.h"
@@ -135,22 +136,28 @@ void backward_step(const BackwardStepArgs& args) {
   });
 }
 
-class CpuPointwiseSteps final : public PointwiseSteps {
+class CpuStepKernels final : public StepKernels {
  public:
-  void forward(const ForwardStepArgs& args) const override {
+  void forward_pointwise(const ForwardStepArgs& args) const override {
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, args.gates.scalar_type(), "lstm_ext_cpu_forward_step",
                                    [&] { forward_step<scalar_t>(args); });
   }
-  void backward(const BackwardStepArgs& args) const override {
+  void backward_pointwise(const BackwardStepArgs& args) const override {
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, args.gates.scalar_type(), "lstm_ext_cpu_backward_step",
                                    [&] { backward_step<scalar_t>(args); });
+  }
+  void matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& weight, bool transpose_weight,
+              bool accumulate) const override {
+    if (!blas_gemm(out, a, weight, transpose_weight, accumulate)) {
+      StepKernels::matmul(out, a, weight, transpose_weight, accumulate);
+    }
   }
 };
 
 }  // namespace
 
-const PointwiseSteps& pointwise_steps() {
-  static const CpuPointwiseSteps steps;
+const StepKernels& step_kernels() {
+  static const CpuStepKernels steps;
   return steps;
 }
 

@@ -30,16 +30,16 @@ struct StreamLauncher {
   }
 };
 
-class CudaPointwiseSteps final : public PointwiseSteps {
+class CudaStepKernels final : public StepKernels {
  public:
-  void forward(const ForwardStepArgs& args) const override {
+  void forward_pointwise(const ForwardStepArgs& args) const override {
     const StreamLauncher launcher{at::cuda::getCurrentCUDAStream()};
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.gates.scalar_type(),
                                     "lstm_ext_cuda_forward_step", [&] {
                                       launch_forward_step<scalar_t>(args, device_launch_policy(), launcher);
                                     });
   }
-  void backward(const BackwardStepArgs& args) const override {
+  void backward_pointwise(const BackwardStepArgs& args) const override {
     const StreamLauncher launcher{at::cuda::getCurrentCUDAStream()};
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.gates.scalar_type(),
                                     "lstm_ext_cuda_backward_step", [&] {
@@ -51,8 +51,8 @@ class CudaPointwiseSteps final : public PointwiseSteps {
 }  // namespace
 }  // namespace cuda
 
-const PointwiseSteps& cuda_pointwise_steps() {
-  static const cuda::CudaPointwiseSteps steps;
+const StepKernels& cuda_step_kernels() {
+  static const cuda::CudaStepKernels steps;
   return steps;
 }
 

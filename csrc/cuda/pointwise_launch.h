@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#include "../pointwise_step.h"
+#include "../step_kernels.h"
 #include "pointwise_kernels.cuh"
 
 namespace lstm_ext {

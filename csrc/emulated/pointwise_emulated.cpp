@@ -25,16 +25,16 @@ struct EmulatedLauncher {
   }
 };
 
-class EmulatedCudaPointwiseSteps final : public PointwiseSteps {
+class EmulatedCudaStepKernels final : public StepKernels {
  public:
-  EmulatedCudaPointwiseSteps(cuda::LaunchPolicy policy, emulated::LaunchOrder order)
+  EmulatedCudaStepKernels(cuda::LaunchPolicy policy, emulated::LaunchOrder order)
       : policy_(policy), launcher_{order} {}
 
-  void forward(const ForwardStepArgs& args) const override {
+  void forward_pointwise(const ForwardStepArgs& args) const override {
     AT_DISPATCH_FLOATING_TYPES(args.gates.scalar_type(), "lstm_ext_emulated_forward_step",
                                [&] { cuda::launch_forward_step<scalar_t>(args, policy_, launcher_); });
   }
-  void backward(const BackwardStepArgs& args) const override {
+  void backward_pointwise(const BackwardStepArgs& args) const override {
     AT_DISPATCH_FLOATING_TYPES(args.gates.scalar_type(), "lstm_ext_emulated_backward_step",
                                [&] { cuda::launch_backward_step<scalar_t>(args, policy_, launcher_); });
   }
@@ -44,12 +44,12 @@ class EmulatedCudaPointwiseSteps final : public PointwiseSteps {
   EmulatedLauncher launcher_;
 };
 
-EmulatedCudaPointwiseSteps make_steps(const char* op, int64_t threads_per_block, int64_t max_blocks,
+EmulatedCudaStepKernels make_steps(const char* op, int64_t threads_per_block, int64_t max_blocks,
                                       bool force_64bit_index, bool reverse_launch_order) {
   TORCH_CHECK(threads_per_block >= 1 && threads_per_block <= 1024, op,
               ": threads_per_block must be in [1, 1024], got ", threads_per_block);
   TORCH_CHECK(max_blocks >= 1, op, ": max_blocks must be at least 1, got ", max_blocks);
-  return EmulatedCudaPointwiseSteps(
+  return EmulatedCudaStepKernels(
       {static_cast<int>(threads_per_block), max_blocks, force_64bit_index},
       reverse_launch_order ? emulated::LaunchOrder::kReverse : emulated::LaunchOrder::kForward);
 }

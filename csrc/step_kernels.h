@@ -1,6 +1,7 @@
-// pointwise_step.h -- what a device supplies to the recurrence: the fused pointwise pass of one time
-// step, forward and backward. The time loops (lstm_recurrence.h) are written once over ATen ops and
-// call these; each backend (CPU, CUDA, emulated CUDA) implements them with lstm_math.h.
+// step_kernels.h -- what a device supplies to the recurrence: the fused pointwise pass of one time step,
+// forward and backward, and the small per-step matrix product. The time loops (lstm_recurrence.h) are
+// written once over ATen ops and call these; each backend (CPU, CUDA, emulated CUDA) implements the
+// pointwise passes with lstm_math.h.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -27,16 +28,22 @@ struct BackwardStepArgs {
   at::Tensor grad_gates;   // [B, 4H] out: dL/d(pre-activation gates)
 };
 
-class PointwiseSteps {
+class StepKernels {
  public:
-  virtual ~PointwiseSteps() = default;
-  virtual void forward(const ForwardStepArgs& args) const = 0;
-  virtual void backward(const BackwardStepArgs& args) const = 0;
+  virtual ~StepKernels() = default;
+  virtual void forward_pointwise(const ForwardStepArgs& args) const = 0;
+  virtual void backward_pointwise(const BackwardStepArgs& args) const = 0;
+
+  // out = a @ op(weight) (+ out when accumulate), op(weight) = weight^T when transpose_weight; out and a
+  // are contiguous row blocks, weight a contiguous matrix. The per-step GEMM of the loops,
+  // ATen's addmm here; a backend overrides it where a thinner call pays (the CPU, at small sizes).
+  virtual void matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& weight, bool transpose_weight,
+                      bool accumulate) const;
 };
 
-const PointwiseSteps& cpu_pointwise_steps();
+const StepKernels& cpu_step_kernels();
 #ifdef LSTM_EXT_WITH_CUDA
-const PointwiseSteps& cuda_pointwise_steps();
+const StepKernels& cuda_step_kernels();
 #endif
 
 }  // namespace lstm_ext
