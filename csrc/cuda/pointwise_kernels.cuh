@@ -13,6 +13,17 @@
 namespace lstm_ext {
 namespace cuda {
 
+// The grid-stride loop: this thread's first element, and the step to its next one.
+template <typename index_t>
+__device__ __forceinline__ index_t first_index() {
+  return static_cast<index_t>(blockIdx.x) * static_cast<index_t>(blockDim.x) + static_cast<index_t>(threadIdx.x);
+}
+
+template <typename index_t>
+__device__ __forceinline__ index_t grid_stride() {
+  return static_cast<index_t>(blockDim.x) * static_cast<index_t>(gridDim.x);
+}
+
 // Forward. gates [B, 4H] holds the pre-activations (input and recurrent GEMMs, biases) and receives
 // the activated gates when keep_gates. c may alias c_prev (inference updates c in place): each
 // element is read by its own thread before that thread writes it, so neither is __restrict__.
@@ -21,10 +32,7 @@ __global__ void lstm_forward_pointwise_kernel(scalar_t* __restrict__ gates, cons
                                               scalar_t* __restrict__ h, scalar_t* c, index_t batch,
                                               index_t hidden, bool keep_gates) {
   const index_t n = batch * hidden;
-  const index_t stride = static_cast<index_t>(blockDim.x) * static_cast<index_t>(gridDim.x);
-  for (index_t idx = static_cast<index_t>(blockIdx.x) * static_cast<index_t>(blockDim.x) +
-                     static_cast<index_t>(threadIdx.x);
-       idx < n; idx += stride) {
+  for (index_t idx = first_index<index_t>(); idx < n; idx += grid_stride<index_t>()) {
     const index_t row = idx / hidden;
     const index_t unit = idx - row * hidden;
     scalar_t* g = gates + row * 4 * hidden + unit;
@@ -51,10 +59,7 @@ __global__ void lstm_backward_pointwise_kernel(const scalar_t* __restrict__ gate
                                                const scalar_t* __restrict__ grad_h_next, scalar_t* grad_c,
                                                scalar_t* __restrict__ grad_gates, index_t batch, index_t hidden) {
   const index_t n = batch * hidden;
-  const index_t stride = static_cast<index_t>(blockDim.x) * static_cast<index_t>(gridDim.x);
-  for (index_t idx = static_cast<index_t>(blockIdx.x) * static_cast<index_t>(blockDim.x) +
-                     static_cast<index_t>(threadIdx.x);
-       idx < n; idx += stride) {
+  for (index_t idx = first_index<index_t>(); idx < n; idx += grid_stride<index_t>()) {
     const index_t row = idx / hidden;
     const index_t gate_offset = row * 4 * hidden + (idx - row * hidden);
     const scalar_t* g = gates + gate_offset;

@@ -22,14 +22,19 @@ struct LaunchPolicy {
   bool force_64bit_index = false;  // tests run the 64-bit kernels on sizes that would not need them
 };
 
-// Calls body(index_t{}) with int32_t when the sizes allow it, else int64_t.
-template <typename Body>
-void with_index_type(int64_t batch, int64_t hidden, PointwiseLaunchConfig config, const LaunchPolicy& policy,
-                     const Body& body) {
+// Runs launch(index_t{}, config) for a pointwise pass over batch x hidden units (nothing for none):
+// the geometry from the policy, index_t int32_t when the sizes allow it, else int64_t.
+template <typename Launch>
+void launch_pointwise(int64_t batch, int64_t hidden, const LaunchPolicy& policy, const Launch& launch) {
+  if (batch * hidden == 0) {
+    return;
+  }
+  const PointwiseLaunchConfig config =
+      pointwise_launch_config(batch * hidden, policy.threads_per_block, policy.max_blocks);
   if (!policy.force_64bit_index && fits_32bit_indexing(batch, hidden, config)) {
-    body(int32_t{});
+    launch(int32_t{}, config);
   } else {
-    body(int64_t{});
+    launch(int64_t{}, config);
   }
 }
 
@@ -37,12 +42,7 @@ template <typename scalar_t, typename Launcher>
 void launch_forward_step(const ForwardStepArgs& args, const LaunchPolicy& policy, const Launcher& launcher) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t batch = args.h.size(0), hidden = args.h.size(1);
-  if (batch * hidden == 0) {
-    return;
-  }
-  const PointwiseLaunchConfig config = pointwise_launch_config(batch * hidden, policy.threads_per_block,
-                                                               policy.max_blocks);
-  with_index_type(batch, hidden, config, policy, [&](auto index_zero) {
+  launch_pointwise(batch, hidden, policy, [&](auto index_zero, PointwiseLaunchConfig config) {
     using index_t = decltype(index_zero);
     launcher(lstm_forward_pointwise_kernel<scalar_t, acc_t, index_t>, config, args.gates.data_ptr<scalar_t>(),
              static_cast<const scalar_t*>(args.c_prev.data_ptr<scalar_t>()), args.h.data_ptr<scalar_t>(),
@@ -55,12 +55,7 @@ template <typename scalar_t, typename Launcher>
 void launch_backward_step(const BackwardStepArgs& args, const LaunchPolicy& policy, const Launcher& launcher) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t batch = args.c.size(0), hidden = args.c.size(1);
-  if (batch * hidden == 0) {
-    return;
-  }
-  const PointwiseLaunchConfig config = pointwise_launch_config(batch * hidden, policy.threads_per_block,
-                                                               policy.max_blocks);
-  with_index_type(batch, hidden, config, policy, [&](auto index_zero) {
+  launch_pointwise(batch, hidden, policy, [&](auto index_zero, PointwiseLaunchConfig config) {
     using index_t = decltype(index_zero);
     launcher(lstm_backward_pointwise_kernel<scalar_t, acc_t, index_t>, config,
              static_cast<const scalar_t*>(args.gates.data_ptr<scalar_t>()),
