@@ -312,7 +312,7 @@ def test_two_torchrun_processes_train_like_one_process_on_the_same_global_batche
 
     assert "2 process(es) on cpu" in two_stdout
     assert two_stdout.count("wrote ") == 1 and two_stdout.count("test (best epoch") == 1  # rank 0 only
-    assert sorted(path.name for path in two.iterdir()) == ["best.pt", "metrics.json"]
+    assert sorted(path.name for path in two.iterdir()) == ["best.pt", "last.pt", "metrics.json"]
     two_checkpoint, one_checkpoint = load_checkpoint(two), load_checkpoint(one)
     torch.manual_seed(3)
     initial = SentimentClassifier(**one_checkpoint["model_config"]).state_dict()

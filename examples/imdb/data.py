@@ -8,6 +8,7 @@ half negative, in the layout
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import re
@@ -212,23 +213,100 @@ def split_train_validation(size: int, val_fraction: float, seed: int) -> tuple[l
 
 
 def load_imdb(root: str | os.PathLike, vocab_size: int, min_freq: int, max_len: int, val_fraction: float,
-              seed: int) -> tuple[ReviewDataset, ReviewDataset, ReviewDataset, Vocabulary]:
+              seed: int, vocab: Vocabulary | None = None
+              ) -> tuple[ReviewDataset, ReviewDataset, ReviewDataset, Vocabulary]:
     """Training, validation and test datasets from an aclImdb folder, and the training vocabulary.
 
     The validation reviews are held out of the training split before the vocabulary is built, so the
-    vocabulary has seen no more than the model has.
+    vocabulary has seen no more than the model has. A given ``vocab`` (a trained model's, when
+    fine-tuning) is used instead of building one; ``vocab_size`` and ``min_freq`` then play no part.
     """
     texts, labels = read_split(root, "train")
     # Interned, the many repeats of a word share one string object: a tenth of the memory, in each process.
     tokenized = [[sys.intern(token) for token in tokenize(text)] for text in texts]
     train_indices, val_indices = split_train_validation(len(texts), val_fraction, seed)
-    vocab = Vocabulary.build((tokenized[i] for i in train_indices), vocab_size, min_freq)
+    if vocab is None:
+        vocab = Vocabulary.build((tokenized[i] for i in train_indices), vocab_size, min_freq)
     train, val = (ReviewDataset([encode_tokens(tokenized[i], vocab, max_len) for i in indices],
                                 [labels[i] for i in indices])
                   for indices in (train_indices, val_indices))
     test_texts, test_labels = read_split(root, "test")
     test = ReviewDataset([encode_text(text, vocab, max_len) for text in test_texts], test_labels)
     return train, val, test, vocab
+
+
+# ------------------------------------------------------------------------------ pretrained word vectors
+
+def read_word_vectors(path: str | os.PathLike, vocab: Vocabulary, dim: int | None = None, progress: bool = True
+                      ) -> tuple[Tensor, Tensor]:
+    """The vectors of ``vocab``'s words from a GloVe text file (``word v1 v2 ...`` a line, plain or .gz).
+
+    Returns (vectors [len(vocab), dim], found [len(vocab)] bool): rows of words without a vector are
+    zero and not found; the two specials are never looked up. The file is streamed line by line, so a
+    vectors file of gigabytes takes no more memory than the vocabulary's rows, and only the lines of
+    vocabulary words are parsed. The dimension is the first line's, checked against ``dim`` when given
+    (before reading on), and every line must have it. A first line of just two integers (the "count dim"
+    header of word2vec and fastText .vec files) is skipped.
+    """
+    path = Path(path)
+    wanted = {word: index for index, word in enumerate(vocab.itos) if index >= 2}
+    expected_dim, dim = dim, None
+    vectors, found = None, torch.zeros(len(vocab), dtype=torch.bool)
+    with open(path, "rb") as raw, tqdm(total=os.fstat(raw.fileno()).st_size, unit="B", unit_scale=True,
+                                       unit_divisor=1024, desc=f"reading {path.name}", disable=not progress) as bar:
+        # Through a .gz the bar follows the compressed bytes read, which is what the file size counts.
+        lines = gzip.open(raw) if path.name.endswith(".gz") else raw
+        for line_number, line in enumerate(lines, start=1):
+            if line_number % 10_000 == 0:
+                bar.update(raw.tell() - bar.n)
+            line = line.rstrip()
+            if not line:
+                continue
+            if dim is None:
+                fields = line.split(b" ")
+                if len(fields) == 2 and all(field.isdigit() for field in fields):
+                    continue
+                dim = len(fields) - 1
+                if dim < 1:
+                    raise ValueError(f"{path}, line {line_number}: expected a word and its vector, got {line[:80]!r}")
+                if expected_dim is not None and dim != expected_dim:
+                    raise ValueError(f"{path} holds vectors of dimension {dim}, not {expected_dim}")
+                vectors = torch.zeros(len(vocab), dim)
+            fields = line.rsplit(b" ", dim)
+            if len(fields) != dim + 1 or (b" " in fields[0] and _is_number(fields[0].rsplit(b" ", 1)[1])):
+                raise ValueError(f"{path}, line {line_number}: expected a word and {dim} numbers (the first "
+                                 f"line's dimension), got {len(line.split(b' ')) - 1} numbers")
+            if b" " in fields[0]:
+                continue  # a "word" with spaces (glove.840B has a few): never one of our tokens
+            index = wanted.get(fields[0].decode("utf-8", errors="replace"))
+            if index is not None and not found[index]:  # the first vector of a word repeated in the file wins
+                try:
+                    vectors[index] = torch.tensor([float(value) for value in fields[1:]])
+                except ValueError as error:
+                    raise ValueError(f"{path}, line {line_number}: {error}") from None
+                found[index] = True
+        bar.update(raw.tell() - bar.n)
+    if vectors is None:
+        raise ValueError(f"{path} holds no vectors")
+    return vectors, found
+
+
+def _is_number(field: bytes) -> bool:
+    try:
+        float(field)
+        return True
+    except ValueError:
+        return False
+
+
+def vector_coverage(found: Tensor, token_ids: Sequence[Tensor]) -> tuple[int, int, int, int]:
+    """(vocabulary words with a vector, vocabulary words, tokens of ``token_ids`` with a vector, tokens).
+
+    The two specials are not words; unknown tokens count as tokens without a vector, since that is what
+    the model reads for them.
+    """
+    counts = torch.bincount(torch.cat(list(token_ids)), minlength=len(found))
+    return int(found.sum()), len(found) - 2, int(counts[found].sum()), int(counts.sum())
 
 
 # -------------------------------------------------------------------------------------------- batching

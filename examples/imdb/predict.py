@@ -10,9 +10,9 @@ import argparse
 import sys
 
 import torch
-from lstm_ext.models import SentimentClassifier
 from torch.nn.utils.rnn import pad_sequence
 
+from checkpoints import CheckpointError, build_model, load_checkpoint
 from data import LABEL_NAMES, PAD_ID, Vocabulary, encode_text
 
 
@@ -20,7 +20,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Classify movie reviews as positive or negative",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("texts", nargs="*", help="reviews to classify; without any, one per line from stdin")
-    parser.add_argument("--checkpoint", default="checkpoints/best.pt", help="best.pt written by train.py")
+    parser.add_argument("--checkpoint", default="checkpoints/best.pt",
+                        help="best.pt (or last.pt) written by train.py")
     parser.add_argument("--lstm", choices=["fused", "torch"],
                         help="LSTM to run the weights with (default: the one they were trained with)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -29,11 +30,12 @@ def parse_args(argv=None):
 
 
 def load_classifier(path, device, lstm=None):
-    """The model (in eval mode), its vocabulary and the max review length it was trained with."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    config = dict(checkpoint["model_config"], **({"lstm": lstm} if lstm else {}))
-    model = SentimentClassifier(**config)
-    model.load_state_dict(checkpoint["model_state"])
+    """The model (in eval mode), its vocabulary and the max review length it was trained with.
+
+    Raises CheckpointError, naming the file and the problem, for a file that is not such a checkpoint.
+    """
+    checkpoint = load_checkpoint(path)
+    model = build_model(checkpoint, path, lstm=lstm)
     return model.to(device).eval(), Vocabulary(checkpoint["vocab"]), checkpoint["args"]["max_len"]
 
 
@@ -61,4 +63,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except CheckpointError as error:
+        sys.exit(f"error: {error}")
