@@ -59,7 +59,8 @@ at::Tensor recurrent_weight_grad(const SequenceLayout& layout, const at::Tensor&
     const int64_t first_t = reverse ? T - 1 : 0;
     at::Tensor grad = at::mm(grad_gates.narrow(0, first_t * B, B).t(), h0);
     if (T > 1) {
-      grad.addmm_(grad_gates.narrow(0, reverse ? 0 : B, (T - 1) * B).t(), output.narrow(0, reverse ? B : 0, (T - 1) * B));
+      grad.addmm_(grad_gates.narrow(0, reverse ? 0 : B, (T - 1) * B).t(),
+                  output.narrow(0, reverse ? B : 0, (T - 1) * B));
     }
     return grad;
   }
@@ -113,9 +114,9 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
     if (training) {
       for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
         steps.forward_pointwise(ForwardStepArgs{gates_t.narrow(0, first, count),
-                                      previous_rows(s, cells, c0, first, count, from_prev),
-                                      cell_h_t.narrow(0, first, count), cells.narrow(0, s.offset + first, count),
-                                      true});
+                                                previous_rows(s, cells, c0, first, count, from_prev),
+                                                cell_h_t.narrow(0, first, count),
+                                                cells.narrow(0, s.offset + first, count), true});
       });
     } else {
       at::Tensor c = c_state.narrow(0, 0, s.rows);
@@ -186,10 +187,10 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
     }
     for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
       const int64_t row = s.offset + first;
-      steps.backward_pointwise(BackwardStepArgs{saved.gates.narrow(0, row, count), saved.cells.narrow(0, row, count),
-                                      previous_rows(s, saved.cells, c0, first, count, from_prev),
-                                      grad_h_out.narrow(0, first, count), grad_h_next.narrow(0, first, count),
-                                      grad_c.narrow(0, first, count), grad_gates.narrow(0, row, count)});
+      steps.backward_pointwise(BackwardStepArgs{
+          saved.gates.narrow(0, row, count), saved.cells.narrow(0, row, count),
+          previous_rows(s, saved.cells, c0, first, count, from_prev), grad_h_out.narrow(0, first, count),
+          grad_h_next.narrow(0, first, count), grad_c.narrow(0, first, count), grad_gates.narrow(0, row, count)});
     });
     steps.matmul(grad_h_live, grad_gates.narrow(0, s.offset, s.rows), weights.weight_hh, /*transpose_weight=*/false,
                  /*accumulate=*/false);
