@@ -38,10 +38,7 @@ LayerForwardTuple run_layer_forward(const char* op, const StepKernels& steps, co
                              contiguous_or_undefined(bias_hh), contiguous_or_undefined(weight_hr)};
   auto r = lstm_layer_forward(steps, sizes.layout, as_rows(input), weights, h0.contiguous(), c0.contiguous(),
                               reverse, training);
-  return {as_sequence(sizes, r.output), r.h_n,
-          r.c_n,
-          as_sequence(sizes, r.gates),
-          as_sequence(sizes, r.cells),
+  return {as_sequence(sizes, r.output), r.h_n, r.c_n, as_sequence(sizes, r.gates), as_sequence(sizes, r.cells),
           as_sequence(sizes, r.unprojected)};
 }
 
