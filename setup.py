@@ -29,6 +29,7 @@ setup(
             name="lstm_ext._C",
             sources=build.sources(with_cuda, relative_to=ROOT),
             extra_compile_args=build.compile_args(with_cuda),
+            extra_link_args=build.link_args(),
             py_limited_api=False,
         )
     ],

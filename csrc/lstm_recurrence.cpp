@@ -11,22 +11,26 @@
 namespace lstm_ext {
 namespace {
 
-// The live rows of step t and where their h_{t-1}, c_{t-1} come from: the first `continuing` rows
-// from the step before in the direction's order (t-1, or t+1 in reverse), the rest from h0/c0 (every
-// row at the first step; in reverse, the sequences that end at step t and so start there).
+// The live rows of step t within a batch chunk, and where their h_{t-1}, c_{t-1} come from: the first
+// `continuing` rows from the step before in the direction's order (t-1, or t+1 in reverse), the rest
+// from h0/c0 (every row at the first step; in reverse, the sequences that end at step t and so start
+// there). Live sequences are always a step's first rows, so a chunk's live rows are its first ones.
 struct StepRows {
-  int64_t offset;       // first row of step t
-  int64_t rows;         // live rows
+  int64_t offset;       // first row of the chunk at step t
+  int64_t rows;         // live rows of the chunk
   int64_t continuing;   // rows that continue from the previous step
-  int64_t prev_offset;  // first row of the previous step
+  int64_t prev_offset;  // first row of the chunk at the previous step
+  int64_t sequence;     // the chunk's first sequence: its row in h0/c0 and in per-sequence buffers
 };
 
-StepRows step_rows(const SequenceLayout& layout, int64_t t, bool reverse) {
+StepRows step_rows(const SequenceLayout& layout, int64_t t, bool reverse, const BatchChunk& chunk) {
   const int64_t prev_t = reverse ? t + 1 : t - 1;
   const bool has_prev = prev_t >= 0 && prev_t < layout.steps();
-  const int64_t rows = layout.batch_sizes[t];
-  return {layout.offsets[t], rows, has_prev ? std::min(rows, layout.batch_sizes[prev_t]) : 0,
-          has_prev ? layout.offsets[prev_t] : 0};
+  const int64_t live = layout.batch_sizes[t];
+  const int64_t continuing = has_prev ? std::min(live, layout.batch_sizes[prev_t]) : 0;
+  const auto in_chunk = [&](int64_t n) { return std::clamp(n - chunk.begin, int64_t{0}, chunk.end - chunk.begin); };
+  return {layout.offsets[t] + chunk.begin, in_chunk(live), in_chunk(continuing),
+          has_prev ? layout.offsets[prev_t] + chunk.begin : 0, chunk.begin};
 }
 
 // Calls fn(first_row, row_count, from_previous_step) for the (at most two) groups of a step's rows that
@@ -42,9 +46,13 @@ void for_each_state_source(const StepRows& s, const Fn& fn) {
 }
 
 // Rows [first, first + count) of the previous state: of the previous step in `per_step`, or of `initial`.
-at::Tensor previous_rows(const StepRows& s, const at::Tensor& per_step, const at::Tensor& initial, int64_t first,
-                         int64_t count, bool from_previous_step) {
-  return from_previous_step ? per_step.narrow(0, s.prev_offset + first, count) : initial.narrow(0, first, count);
+RowBlock previous_rows(const StepRows& s, const RowBlock& per_step, const RowBlock& initial, int64_t first,
+                       int64_t count, bool from_previous_step) {
+  return from_previous_step ? per_step.sub(s.prev_offset + first, count) : initial.sub(s.sequence + first, count);
+}
+
+at::Tensor as_tensor(const RowBlock& block, const at::TensorOptions& options) {
+  return at::from_blob(block.data, {block.rows, block.cols}, options);
 }
 
 // sum over steps of dG[t]^T h_{t-1}, as one GEMM over all rows.
@@ -66,10 +74,12 @@ at::Tensor recurrent_weight_grad(const SequenceLayout& layout, const at::Tensor&
   }
   // Packed: gather every row's h_{t-1} next to its dG row, then one GEMM.
   at::Tensor h_prev = at::empty({layout.rows, P}, output.options());
+  const RowBlock output_rows = row_block(output), h0_rows = row_block(h0);
   for (int64_t t = 0; t < T; ++t) {
-    const StepRows s = step_rows(layout, t, reverse);
+    const StepRows s = step_rows(layout, t, reverse, BatchChunk{0, B});
     for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
-      h_prev.narrow(0, s.offset + first, count).copy_(previous_rows(s, output, h0, first, count, from_prev));
+      h_prev.narrow(0, s.offset + first, count)
+          .copy_(as_tensor(previous_rows(s, output_rows, h0_rows, first, count, from_prev), output.options()));
     });
   }
   return at::mm(grad_gates.t(), h_prev);
@@ -97,35 +107,48 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   // training the pass leaves the activated gates in place and c_t in `cells`; in inference c is updated
   // in place in one [B, H] buffer, whose rows hold c0 until their sequence starts and the last c after.
   // With a projection the pass writes the unprojected h, and one more GEMM projects it into the output.
+  // Each batch chunk runs all its steps on its own (step_kernels.h).
   at::Tensor output = at::empty({N, P}, options);
   at::Tensor cells = training ? at::empty({N, H}, options) : at::empty({0}, options);
   at::Tensor c_state = training ? at::Tensor() : c0.clone(at::MemoryFormat::Contiguous);
   at::Tensor unprojected = !projected ? at::empty({0}, options) : at::empty({training ? N : B, H}, options);
-  for (int64_t step = 0; step < T; ++step) {
-    const int64_t t = reverse ? T - 1 - step : step;
-    const StepRows s = step_rows(layout, t, reverse);
-    at::Tensor gates_t = gates.narrow(0, s.offset, s.rows);
-    for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
-      steps.matmul(gates_t.narrow(0, first, count), previous_rows(s, output, h0, first, count, from_prev),
-                   weights.weight_hh, /*transpose_weight=*/true, /*accumulate=*/true);
-    });
-    at::Tensor h_t = output.narrow(0, s.offset, s.rows);
-    at::Tensor cell_h_t = !projected ? h_t : unprojected.narrow(0, training ? s.offset : 0, s.rows);
-    if (training) {
+  const at::ScalarType dtype = input.scalar_type();
+  const RowBlock all_gates = row_block(gates), all_h = row_block(output), all_c = row_block(cells);
+  const RowBlock h0_rows = row_block(h0), c0_rows = row_block(c0), c_rows = row_block(c_state);
+  const RowBlock unprojected_rows = row_block(unprojected);
+  const StepWeight weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/true, B);
+  const StepWeight weight_hr =
+      projected ? steps.prepare_weight(weights.weight_hr, /*transpose=*/true, B) : StepWeight{};
+  steps.for_each_batch_chunk(B, [&](const BatchChunk& chunk) {
+    for (int64_t step = 0; step < T; ++step) {
+      const int64_t t = reverse ? T - 1 - step : step;
+      const StepRows s = step_rows(layout, t, reverse, chunk);
+      if (s.rows == 0) {
+        continue;
+      }
+      const RowBlock gates_t = all_gates.sub(s.offset, s.rows);
       for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
-        steps.forward_pointwise(ForwardStepArgs{gates_t.narrow(0, first, count),
-                                                previous_rows(s, cells, c0, first, count, from_prev),
-                                                cell_h_t.narrow(0, first, count),
-                                                cells.narrow(0, s.offset + first, count), true});
+        steps.matmul(gates_t.sub(first, count), previous_rows(s, all_h, h0_rows, first, count, from_prev), weight_hh,
+                     /*accumulate=*/true);
       });
-    } else {
-      at::Tensor c = c_state.narrow(0, 0, s.rows);
-      steps.forward_pointwise(ForwardStepArgs{gates_t, c, cell_h_t, c, false});
+      const RowBlock h_t = all_h.sub(s.offset, s.rows);
+      const RowBlock cell_h_t = !projected ? h_t : unprojected_rows.sub(training ? s.offset : s.sequence, s.rows);
+      if (training) {
+        for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
+          steps.forward_pointwise(ForwardStepArgs{dtype, gates_t.sub(first, count),
+                                                  previous_rows(s, all_c, c0_rows, first, count, from_prev),
+                                                  cell_h_t.sub(first, count), all_c.sub(s.offset + first, count),
+                                                  true});
+        });
+      } else {
+        const RowBlock c = c_rows.sub(s.sequence, s.rows);
+        steps.forward_pointwise(ForwardStepArgs{dtype, gates_t, c, cell_h_t, c, false});
+      }
+      if (projected) {
+        steps.matmul(h_t, cell_h_t, weight_hr, /*accumulate=*/false);
+      }
     }
-    if (projected) {
-      steps.matmul(h_t, cell_h_t, weights.weight_hr, /*transpose_weight=*/true, /*accumulate=*/false);
-    }
-  }
+  });
 
   // 3. Each sequence's last state: in reverse all of them end at step 0; forward, the rows that leave
   // the batch after step t end there.
@@ -171,30 +194,45 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
   at::Tensor grad_h_total = projected ? at::empty({N, P}, options) : at::Tensor();
   at::Tensor grad_unprojected = projected ? at::empty({B, H}, options) : at::Tensor();
   at::Tensor no_grad_h = projected ? at::zeros({B, H}, options) : at::Tensor();
-  for (int64_t step = 0; step < T; ++step) {
-    const int64_t t = reverse ? step : T - 1 - step;
-    const StepRows s = step_rows(layout, t, reverse);
-    at::Tensor grad_h_live = grad_h.narrow(0, 0, s.rows);
-    // What the pointwise pass sees as dL/dh_t: two parts it adds itself, or, projected, one part.
-    at::Tensor grad_h_out = grad_output.narrow(0, s.offset, s.rows);
-    at::Tensor grad_h_next = grad_h_live;
-    if (projected) {
-      at::Tensor grad_h_t = grad_h_total.narrow(0, s.offset, s.rows);
-      at::add_out(grad_h_t, grad_h_out, grad_h_live);
-      grad_h_out = grad_unprojected.narrow(0, 0, s.rows);
-      steps.matmul(grad_h_out, grad_h_t, weights.weight_hr, /*transpose_weight=*/false, /*accumulate=*/false);
-      grad_h_next = no_grad_h.narrow(0, 0, s.rows);
+  const at::ScalarType dtype = input.scalar_type();
+  const RowBlock all_grad_gates = row_block(grad_gates), all_grad_output = row_block(grad_output);
+  const RowBlock grad_h_rows = row_block(grad_h), grad_c_rows = row_block(grad_c);
+  const RowBlock all_grad_h_total = row_block(grad_h_total), grad_unprojected_rows = row_block(grad_unprojected);
+  const RowBlock no_grad_h_rows = row_block(no_grad_h), c0_rows = row_block(c0);
+  const RowBlock all_gates = row_block(saved.gates), all_c = row_block(saved.cells);
+  const StepWeight weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/false, B);
+  const StepWeight weight_hr =
+      projected ? steps.prepare_weight(weights.weight_hr, /*transpose=*/false, B) : StepWeight{};
+  steps.for_each_batch_chunk(B, [&](const BatchChunk& chunk) {
+    for (int64_t step = 0; step < T; ++step) {
+      const int64_t t = reverse ? step : T - 1 - step;
+      const StepRows s = step_rows(layout, t, reverse, chunk);
+      if (s.rows == 0) {
+        continue;
+      }
+      const RowBlock grad_h_live = grad_h_rows.sub(s.sequence, s.rows);
+      // What the pointwise pass sees as dL/dh_t: two parts it adds itself, or, projected, one part.
+      RowBlock grad_h_out = all_grad_output.sub(s.offset, s.rows);
+      RowBlock grad_h_next = grad_h_live;
+      if (projected) {
+        const RowBlock grad_h_t = all_grad_h_total.sub(s.offset, s.rows);
+        at::Tensor grad_h_t_tensor = as_tensor(grad_h_t, options);
+        at::add_out(grad_h_t_tensor, as_tensor(grad_h_out, options), as_tensor(grad_h_live, options));
+        grad_h_out = grad_unprojected_rows.sub(s.sequence, s.rows);
+        steps.matmul(grad_h_out, grad_h_t, weight_hr, /*accumulate=*/false);
+        grad_h_next = no_grad_h_rows.sub(s.sequence, s.rows);
+      }
+      for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
+        const int64_t row = s.offset + first;
+        steps.backward_pointwise(BackwardStepArgs{
+            dtype, all_gates.sub(row, count), all_c.sub(row, count),
+            previous_rows(s, all_c, c0_rows, first, count, from_prev), grad_h_out.sub(first, count),
+            grad_h_next.sub(first, count), grad_c_rows.sub(s.sequence + first, count),
+            all_grad_gates.sub(row, count)});
+      });
+      steps.matmul(grad_h_live, all_grad_gates.sub(s.offset, s.rows), weight_hh, /*accumulate=*/false);
     }
-    for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
-      const int64_t row = s.offset + first;
-      steps.backward_pointwise(BackwardStepArgs{
-          saved.gates.narrow(0, row, count), saved.cells.narrow(0, row, count),
-          previous_rows(s, saved.cells, c0, first, count, from_prev), grad_h_out.narrow(0, first, count),
-          grad_h_next.narrow(0, first, count), grad_c.narrow(0, first, count), grad_gates.narrow(0, row, count)});
-    });
-    steps.matmul(grad_h_live, grad_gates.narrow(0, s.offset, s.rows), weights.weight_hh, /*transpose_weight=*/false,
-                 /*accumulate=*/false);
-  }
+  });
 
   // 2. Everything that does not feed the recurrence, as large GEMMs over all steps at once.
   LayerBackwardResult result;

@@ -1,20 +1,50 @@
-// step_kernels.cpp -- the default per-step matrix product: ATen's (MKL/oneDNN on the CPU, cuBLAS on the
-// current stream on CUDA).
+// step_kernels.cpp -- the default per-step matrix product (ATen's: MKL/oneDNN on the CPU, cuBLAS on the
+// current stream on CUDA) and the default single batch chunk.
 #include "step_kernels.h"
 
 #include <ATen/ATen.h>
 
 namespace lstm_ext {
 
-void StepKernels::matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& weight, bool transpose_weight,
-                         bool accumulate) const {
-  const at::Tensor b = transpose_weight ? weight.t() : weight;
-  at::Tensor result = out;
-  if (accumulate) {
-    result.addmm_(a, b);
-  } else {
-    at::mm_out(result, a, b);
+RowBlock row_block(const at::Tensor& t) {
+  if (!t.defined() || (t.dim() != 2 && t.numel() == 0)) {
+    return {};
   }
+  TORCH_INTERNAL_ASSERT(t.dim() == 2 && t.is_contiguous(), "row_block: expected a contiguous matrix, got sizes ",
+                        t.sizes(), " and strides ", t.strides());
+  return {static_cast<char*>(t.data_ptr()), t.size(0), t.size(1), static_cast<int64_t>(t.element_size())};
+}
+
+namespace {
+at::Tensor as_tensor(const RowBlock& block, const at::TensorOptions& options) {
+  return at::from_blob(block.data, {block.rows, block.cols}, options);
+}
+}  // namespace
+
+StepWeight StepKernels::prepare_weight(const at::Tensor& weight, bool transpose, int64_t /*max_rows*/) const {
+  return StepWeight{weight, transpose, at::Tensor()};
+}
+
+void StepKernels::matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate) const {
+  if (out.rows == 0 || out.cols == 0) {
+    return;
+  }
+  const auto options = weight.weight.options();
+  // The blocks alias buffers the op owns; a weight that requires grad would make ATen's autograd
+  // refuse an out= product, and no gradient flows through here anyway (the op has its own backward).
+  const at::Tensor w = weight.weight.detach();
+  const at::Tensor b = weight.transpose ? w.t() : w;
+  at::Tensor result = as_tensor(out, options);
+  const at::Tensor lhs = a.cols == 0 ? at::empty({out.rows, 0}, options) : as_tensor(a, options);
+  if (accumulate) {
+    result.addmm_(lhs, b);
+  } else {
+    at::mm_out(result, lhs, b);
+  }
+}
+
+void StepKernels::for_each_batch_chunk(int64_t batch, const BatchChunkFn& fn) const {
+  fn(BatchChunk{0, batch});
 }
 
 }  // namespace lstm_ext

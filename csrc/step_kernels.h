@@ -1,32 +1,76 @@
 // step_kernels.h -- what a device supplies to the recurrence: the fused pointwise pass of one time step,
-// forward and backward, and the small per-step matrix product. The time loops (lstm_recurrence.h) are
-// written once over ATen ops and call these; each backend (CPU, CUDA, emulated CUDA) implements the
-// pointwise passes with lstm_math.h.
+// forward and backward, the small per-step matrix product, and how the batch is split into chunks that
+// run their recurrences independently. The time loops (lstm_recurrence.h) are written once and call
+// these; each backend (CPU, CUDA, emulated CUDA) implements the pointwise passes with lstm_math.h.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
+#include <functional>
+
 namespace lstm_ext {
 
-// One forward step over rows [0, B) of one layer and direction. Every tensor is contiguous.
-struct ForwardStepArgs {
-  at::Tensor gates;   // [B, 4H] in: pre-activations; out: activated gates when keep_gates
-  at::Tensor c_prev;  // [B, H] c_{t-1}
-  at::Tensor h;       // [B, H] out: h_t
-  at::Tensor c;       // [B, H] out: c_t; may alias c_prev (each element is read before it is written)
-  bool keep_gates;    // training: leave the activated gates in `gates` for the backward
+// Consecutive rows of a contiguous row-major matrix, as a pointer and sizes. The loops carve each
+// step's rows out of the sequence buffers with these, not with tensor views: at small sizes a tensor
+// per slice per step costs more than the step's own arithmetic.
+struct RowBlock {
+  char* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;  // also the row stride, in elements
+  int64_t itemsize = 0;
+
+  // Rows [first, first + count) of this block.
+  RowBlock sub(int64_t first, int64_t count) const {
+    return {data + first * cols * itemsize, count, cols, itemsize};
+  }
+  template <typename T>
+  T* ptr() const {
+    return reinterpret_cast<T*>(data);
+  }
 };
 
-// One backward step over rows [0, B). Every tensor is contiguous.
-struct BackwardStepArgs {
-  at::Tensor gates;        // [B, 4H] activated gates kept by the forward
-  at::Tensor c;            // [B, H] c_t
-  at::Tensor c_prev;       // [B, H] c_{t-1}
-  at::Tensor grad_h_out;   // [B, H] dL/dh_t arriving from the layer's output
-  at::Tensor grad_h_next;  // [B, H] dL/dh_t arriving from step t+1 (through W_hh)
-  at::Tensor grad_c;       // [B, H] in: dL/dc_t from step t+1; out: dL/dc_{t-1}, in place
-  at::Tensor grad_gates;   // [B, 4H] out: dL/d(pre-activation gates)
+// The whole of a contiguous 2-D tensor; an empty block for an undefined tensor or a
+// placeholder (the empty [0] of what a pass does not keep).
+RowBlock row_block(const at::Tensor& t);
+
+// One forward step over the rows of `gates`. Every block has the same rows.
+struct ForwardStepArgs {
+  at::ScalarType dtype;
+  RowBlock gates;   // [B, 4H] in: pre-activations; out: activated gates when keep_gates
+  RowBlock c_prev;  // [B, H] c_{t-1}
+  RowBlock h;       // [B, H] out: h_t
+  RowBlock c;       // [B, H] out: c_t; may alias c_prev (each element is read before it is written)
+  bool keep_gates;  // training: leave the activated gates in `gates` for the backward
 };
+
+// One backward step over the rows of `gates`. Every block has the same rows.
+struct BackwardStepArgs {
+  at::ScalarType dtype;
+  RowBlock gates;        // [B, 4H] activated gates kept by the forward
+  RowBlock c;            // [B, H] c_t
+  RowBlock c_prev;       // [B, H] c_{t-1}
+  RowBlock grad_h_out;   // [B, H] dL/dh_t arriving from the layer's output
+  RowBlock grad_h_next;  // [B, H] dL/dh_t arriving from step t+1 (through W_hh)
+  RowBlock grad_c;       // [B, H] in: dL/dc_t from step t+1; out: dL/dc_{t-1}, in place
+  RowBlock grad_gates;   // [B, 4H] out: dL/d(pre-activation gates)
+};
+
+// A weight of the per-step matmul, prepared once per pass. `packed` is what the backend made of it
+// (the CPU packs float weights for MKL's packed GEMM, so that no step repacks them), undefined where the
+// backend reads the weight as it is.
+struct StepWeight {
+  at::Tensor weight;  // contiguous, the blocks' dtype and device
+  bool transpose;     // the product takes weight^T
+  at::Tensor packed;
+};
+
+// Sequences [begin, end) of the batch.
+struct BatchChunk {
+  int64_t begin;
+  int64_t end;
+};
+using BatchChunkFn = std::function<void(const BatchChunk&)>;
 
 class StepKernels {
  public:
@@ -34,11 +78,18 @@ class StepKernels {
   virtual void forward_pointwise(const ForwardStepArgs& args) const = 0;
   virtual void backward_pointwise(const BackwardStepArgs& args) const = 0;
 
-  // out = a @ op(weight) (+ out when accumulate), op(weight) = weight^T when transpose_weight; out and a
-  // are contiguous row blocks, weight a contiguous matrix. The per-step GEMM of the loops,
-  // ATen's addmm here; a backend overrides it where a thinner call pays (the CPU, at small sizes).
-  virtual void matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& weight, bool transpose_weight,
-                      bool accumulate) const;
+  // The weight for matmul calls of at most max_rows rows. Here the weight as it is.
+  virtual StepWeight prepare_weight(const at::Tensor& weight, bool transpose, int64_t max_rows) const;
+
+  // out = a @ op(weight) (+ out when accumulate), op(weight) = weight^T when weight.transpose. ATen's
+  // addmm here (cuBLAS on the current stream on CUDA); a backend overrides it where a thinner call pays
+  // (the CPU).
+  virtual void matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate) const;
+
+  // Runs fn over chunks that together cover sequences [0, batch), each exactly once. Sequences never
+  // interact within a layer, so chunks may run concurrently, each its whole recurrence. Here one chunk:
+  // a GPU parallelises within a step; the CPU runs a chunk per thread, with no per-step synchronisation.
+  virtual void for_each_batch_chunk(int64_t batch, const BatchChunkFn& fn) const;
 };
 
 const StepKernels& cpu_step_kernels();

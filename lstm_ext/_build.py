@@ -108,8 +108,15 @@ def configure_cuda_environment(torch_module) -> None:
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
 
 
+def openmp_flags() -> list[str]:
+    """at::parallel_for is a header template: its `#pragma omp parallel` runs in parallel only when the
+    extension itself is compiled with -fopenmp (else it runs the whole range on the calling thread). The
+    link then names libgomp.so.1, which resolves to the copy torch has already loaded."""
+    return [] if sys.platform == "darwin" else ["-fopenmp"]
+
+
 def compile_args(with_cuda: bool) -> dict[str, list[str]]:
-    cxx = ["-O3", "-Wno-unknown-pragmas"] + (["-DLSTM_EXT_WITH_CUDA"] if with_cuda else [])
+    cxx = ["-O3"] + openmp_flags() + (["-DLSTM_EXT_WITH_CUDA"] if with_cuda else [])
     args = {"cxx": cxx}
     if with_cuda:
         # -isystem: searched after the toolkit's own -I folders, so the toolkit's headers win.
@@ -117,6 +124,10 @@ def compile_args(with_cuda: bool) -> dict[str, list[str]]:
         args["cxx"] = cxx + system_includes
         args["nvcc"] = ["-O3", "-DLSTM_EXT_WITH_CUDA", "-lineinfo", PTXAS_GATE] + system_includes
     return args
+
+
+def link_args() -> list[str]:
+    return openmp_flags()
 
 
 def sources(with_cuda: bool, relative_to: Path | None = None) -> list[str]:

@@ -32,6 +32,7 @@ def _build_on_the_fly() -> types.ModuleType:
         sources=_build.sources(with_cuda),
         extra_cflags=args["cxx"],
         extra_cuda_cflags=args.get("nvcc"),
+        extra_ldflags=_build.link_args(),
         build_directory=str(build_dir),
         with_cuda=with_cuda,
         is_python_module=True,

@@ -3,6 +3,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <climits>
 
 namespace lstm_ext {
@@ -33,9 +34,10 @@ const Blas& blas() {
 }
 
 template <typename T>
-bool gemm(GemmFn<T> fn, const at::Tensor& out, const at::Tensor& a, const at::Tensor& weight, bool transpose_weight,
-          bool accumulate) {
-  const int64_t m = a.size(0), k = a.size(1), n = out.size(1);
+bool gemm(GemmFn<T> fn, const RowBlock& out, const RowBlock& a, const StepWeight& step_weight, bool accumulate) {
+  const at::Tensor& weight = step_weight.weight;
+  const bool transpose_weight = step_weight.transpose;
+  const int64_t m = out.rows, k = a.cols, n = out.cols;
   if (fn == nullptr || m > INT_MAX || n > INT_MAX || k > INT_MAX || weight.numel() > INT_MAX) {
     return false;
   }
@@ -50,24 +52,23 @@ bool gemm(GemmFn<T> fn, const at::Tensor& out, const at::Tensor& a, const at::Te
   const char trans_w = transpose_weight ? 'T' : 'N', no_trans = 'N';
   if (k == 0) {  // BLAS leaves C untouched with k = 0 only when beta = 1
     if (!accumulate) {
-      const_cast<at::Tensor&>(out).zero_();
+      std::fill_n(out.ptr<T>(), m * n, T(0));
     }
     return true;
   }
-  fn(&trans_w, &no_trans, &in, &im, &ik, &one, weight.const_data_ptr<T>(), &ldw, a.const_data_ptr<T>(), &lda, &beta,
-     out.mutable_data_ptr<T>(), &ldc);
+  fn(&trans_w, &no_trans, &in, &im, &ik, &one, weight.const_data_ptr<T>(), &ldw, a.ptr<T>(), &lda, &beta,
+     out.ptr<T>(), &ldc);
   return true;
 }
 
 }  // namespace
 
-bool blas_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& weight, bool transpose_weight,
-               bool accumulate) {
-  switch (out.scalar_type()) {
+bool blas_gemm(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate) {
+  switch (weight.weight.scalar_type()) {
     case at::kFloat:
-      return gemm<float>(blas().sgemm, out, a, weight, transpose_weight, accumulate);
+      return gemm<float>(blas().sgemm, out, a, weight, accumulate);
     case at::kDouble:
-      return gemm<double>(blas().dgemm, out, a, weight, transpose_weight, accumulate);
+      return gemm<double>(blas().dgemm, out, a, weight, accumulate);
     default:
       return false;
   }

@@ -5,12 +5,13 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "../step_kernels.h"
+
 namespace lstm_ext {
 
-// out = a @ op(weight) (+ out when accumulate), op(weight) = weight^T when transpose_weight; out and a
-// contiguous row blocks, weight contiguous, all float or all double. Returns false, doing nothing,
-// when no BLAS was found or the sizes do not fit its 32-bit integers: the caller falls back to ATen.
-bool blas_gemm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& weight, bool transpose_weight,
-               bool accumulate);
+// out = a @ op(weight) (+ out when accumulate), op(weight) = weight^T when weight.transpose; all float
+// or all double. Returns false, doing nothing, when no BLAS was found or the sizes do not fit its
+// 32-bit integers: the caller falls back to ATen.
+bool blas_gemm(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate);
 
 }  // namespace lstm_ext

@@ -10,11 +10,13 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "../lstm_math.h"
 #include "../step_kernels.h"
 #include "blas_gemm.h"
+#include "panel_gemm.h"
 
 #ifndef LSTM_EXT_CPU_VARIANT
 #error "define LSTM_EXT_CPU_VARIANT before including pointwise_cpu_kernels.h"
@@ -74,11 +76,11 @@ inline int64_t row_grain(int64_t H) {
 
 template <typename S>
 void forward_step(const ForwardStepArgs& args) {
-  const int64_t B = args.h.size(0), H = args.h.size(1);
-  S* gates = args.gates.data_ptr<S>();
-  const S* c_prev = args.c_prev.data_ptr<S>();
-  S* h = args.h.data_ptr<S>();
-  S* c = args.c.data_ptr<S>();
+  const int64_t B = args.c.rows, H = args.c.cols;
+  S* gates = args.gates.ptr<S>();
+  const S* c_prev = args.c_prev.ptr<S>();
+  S* h = args.h.ptr<S>();
+  S* c = args.c.ptr<S>();
   const bool keep_gates = args.keep_gates;
   at::parallel_for(0, B, row_grain(H), [&](int64_t row_begin, int64_t row_end) {
     for (int64_t row = row_begin; row < row_end; ++row) {
@@ -106,14 +108,14 @@ void forward_step(const ForwardStepArgs& args) {
 
 template <typename S>
 void backward_step(const BackwardStepArgs& args) {
-  const int64_t B = args.c.size(0), H = args.c.size(1);
-  const S* gates = args.gates.data_ptr<S>();
-  const S* c = args.c.data_ptr<S>();
-  const S* c_prev = args.c_prev.data_ptr<S>();
-  const S* grad_h_out = args.grad_h_out.data_ptr<S>();
-  const S* grad_h_next = args.grad_h_next.data_ptr<S>();
-  S* grad_c = args.grad_c.data_ptr<S>();
-  S* grad_gates = args.grad_gates.data_ptr<S>();
+  const int64_t B = args.c.rows, H = args.c.cols;
+  const S* gates = args.gates.ptr<S>();
+  const S* c = args.c.ptr<S>();
+  const S* c_prev = args.c_prev.ptr<S>();
+  const S* grad_h_out = args.grad_h_out.ptr<S>();
+  const S* grad_h_next = args.grad_h_next.ptr<S>();
+  S* grad_c = args.grad_c.ptr<S>();
+  S* grad_gates = args.grad_gates.ptr<S>();
   at::parallel_for(0, B, row_grain(H), [&](int64_t row_begin, int64_t row_end) {
     for (int64_t row = row_begin; row < row_end; ++row) {
       const S* g = gates + row * 4 * H;
@@ -136,22 +138,55 @@ void backward_step(const BackwardStepArgs& args) {
   });
 }
 
+#ifdef CPU_CAPABILITY_AVX2
+constexpr bool kPanelGemm = true;
+#else
+constexpr bool kPanelGemm = false;  // at::vec's baseline Vectorized is a loop over an array: BLAS is faster
+#endif
+
 class CpuStepKernels final : public StepKernels {
  public:
   void forward_pointwise(const ForwardStepArgs& args) const override {
-    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, args.gates.scalar_type(), "lstm_ext_cpu_forward_step",
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, args.dtype, "lstm_ext_cpu_forward_step",
                                    [&] { forward_step<scalar_t>(args); });
   }
   void backward_pointwise(const BackwardStepArgs& args) const override {
-    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, args.gates.scalar_type(), "lstm_ext_cpu_backward_step",
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, args.dtype, "lstm_ext_cpu_backward_step",
                                    [&] { backward_step<scalar_t>(args); });
   }
-  void matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& weight, bool transpose_weight,
-              bool accumulate) const override {
-    if (!blas_gemm(out, a, weight, transpose_weight, accumulate)) {
-      StepKernels::matmul(out, a, weight, transpose_weight, accumulate);
+  // Float weights packed for panel_gemm where the CPU has the vector width it is written for; BLAS
+  // (double) or ATen (bfloat16) otherwise.
+  StepWeight prepare_weight(const at::Tensor& weight, bool transpose, int64_t /*max_rows*/) const override {
+    const bool panels = kPanelGemm && weight.scalar_type() == at::kFloat;
+    return StepWeight{weight, transpose, panels ? panel_gemm::pack(weight, transpose) : at::Tensor()};
+  }
+  void matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate) const override {
+    if (weight.packed.defined()) {
+      panel_gemm::gemm(a.ptr<float>(), out.rows, a.cols, weight.packed.const_data_ptr<float>(), out.ptr<float>(),
+                       out.cols, accumulate);
+      return;
+    }
+    if (!blas_gemm(out, a, weight, accumulate)) {
+      StepKernels::matmul(out, a, weight, accumulate);
     }
   }
+  // A chunk per thread, each running all its steps with single-threaded GEMMs and pointwise passes
+  // (nested parallelism is off): no thread wakes up or waits per step.
+  void for_each_batch_chunk(int64_t batch, const BatchChunkFn& fn) const override {
+    const int64_t chunks = std::min<int64_t>(at::get_num_threads(), batch / kMinChunkRows);
+    if (chunks <= 1 || at::in_parallel_region()) {
+      fn(BatchChunk{0, batch});
+      return;
+    }
+    at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+      for (int64_t chunk = first; chunk < last; ++chunk) {
+        fn(BatchChunk{batch * chunk / chunks, batch * (chunk + 1) / chunks});
+      }
+    });
+  }
+
+ private:
+  static constexpr int64_t kMinChunkRows = 1;
 };
 
 }  // namespace

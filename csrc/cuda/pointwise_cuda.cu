@@ -34,14 +34,14 @@ class CudaStepKernels final : public StepKernels {
  public:
   void forward_pointwise(const ForwardStepArgs& args) const override {
     const StreamLauncher launcher{at::cuda::getCurrentCUDAStream()};
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.gates.scalar_type(),
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.dtype,
                                     "lstm_ext_cuda_forward_step", [&] {
                                       launch_forward_step<scalar_t>(args, device_launch_policy(), launcher);
                                     });
   }
   void backward_pointwise(const BackwardStepArgs& args) const override {
     const StreamLauncher launcher{at::cuda::getCurrentCUDAStream()};
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.gates.scalar_type(),
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.dtype,
                                     "lstm_ext_cuda_backward_step", [&] {
                                       launch_backward_step<scalar_t>(args, device_launch_policy(), launcher);
                                     });

@@ -41,29 +41,28 @@ void launch_pointwise(int64_t batch, int64_t hidden, const LaunchPolicy& policy,
 template <typename scalar_t, typename Launcher>
 void launch_forward_step(const ForwardStepArgs& args, const LaunchPolicy& policy, const Launcher& launcher) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t batch = args.h.size(0), hidden = args.h.size(1);
+  const int64_t batch = args.c.rows, hidden = args.c.cols;
   launch_pointwise(batch, hidden, policy, [&](auto index_zero, PointwiseLaunchConfig config) {
     using index_t = decltype(index_zero);
-    launcher(lstm_forward_pointwise_kernel<scalar_t, acc_t, index_t>, config, args.gates.data_ptr<scalar_t>(),
-             static_cast<const scalar_t*>(args.c_prev.data_ptr<scalar_t>()), args.h.data_ptr<scalar_t>(),
-             args.c.data_ptr<scalar_t>(), static_cast<index_t>(batch), static_cast<index_t>(hidden),
-             args.keep_gates);
+    launcher(lstm_forward_pointwise_kernel<scalar_t, acc_t, index_t>, config, args.gates.ptr<scalar_t>(),
+             static_cast<const scalar_t*>(args.c_prev.ptr<scalar_t>()), args.h.ptr<scalar_t>(),
+             args.c.ptr<scalar_t>(), static_cast<index_t>(batch), static_cast<index_t>(hidden), args.keep_gates);
   });
 }
 
 template <typename scalar_t, typename Launcher>
 void launch_backward_step(const BackwardStepArgs& args, const LaunchPolicy& policy, const Launcher& launcher) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t batch = args.c.size(0), hidden = args.c.size(1);
+  const int64_t batch = args.c.rows, hidden = args.c.cols;
   launch_pointwise(batch, hidden, policy, [&](auto index_zero, PointwiseLaunchConfig config) {
     using index_t = decltype(index_zero);
     launcher(lstm_backward_pointwise_kernel<scalar_t, acc_t, index_t>, config,
-             static_cast<const scalar_t*>(args.gates.data_ptr<scalar_t>()),
-             static_cast<const scalar_t*>(args.c.data_ptr<scalar_t>()),
-             static_cast<const scalar_t*>(args.c_prev.data_ptr<scalar_t>()),
-             static_cast<const scalar_t*>(args.grad_h_out.data_ptr<scalar_t>()),
-             static_cast<const scalar_t*>(args.grad_h_next.data_ptr<scalar_t>()), args.grad_c.data_ptr<scalar_t>(),
-             args.grad_gates.data_ptr<scalar_t>(), static_cast<index_t>(batch), static_cast<index_t>(hidden));
+             static_cast<const scalar_t*>(args.gates.ptr<scalar_t>()),
+             static_cast<const scalar_t*>(args.c.ptr<scalar_t>()),
+             static_cast<const scalar_t*>(args.c_prev.ptr<scalar_t>()),
+             static_cast<const scalar_t*>(args.grad_h_out.ptr<scalar_t>()),
+             static_cast<const scalar_t*>(args.grad_h_next.ptr<scalar_t>()), args.grad_c.ptr<scalar_t>(),
+             args.grad_gates.ptr<scalar_t>(), static_cast<index_t>(batch), static_cast<index_t>(hidden));
   });
 }
 

@@ -31,11 +31,11 @@ class EmulatedCudaStepKernels final : public StepKernels {
       : policy_(policy), launcher_{order} {}
 
   void forward_pointwise(const ForwardStepArgs& args) const override {
-    AT_DISPATCH_FLOATING_TYPES(args.gates.scalar_type(), "lstm_ext_emulated_forward_step",
+    AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_emulated_forward_step",
                                [&] { cuda::launch_forward_step<scalar_t>(args, policy_, launcher_); });
   }
   void backward_pointwise(const BackwardStepArgs& args) const override {
-    AT_DISPATCH_FLOATING_TYPES(args.gates.scalar_type(), "lstm_ext_emulated_backward_step",
+    AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_emulated_backward_step",
                                [&] { cuda::launch_backward_step<scalar_t>(args, policy_, launcher_); });
   }
 

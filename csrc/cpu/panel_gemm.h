@@ -1,0 +1,114 @@
+// panel_gemm.h -- the CPU's per-step product out[m, n] (+)= a[m, k] @ op(W) in float, for the few rows
+// a time step has. MKL's GEMM repacks W on every call and, at 4-8 rows, reaches a third of a core's
+// peak on the machines measured (benchmarks/README.md); here W is packed once per pass into panels of
+// kPanelWidth columns ([k][kPanelWidth] each, zero-padded at the end), and each block of up to kMaxRows
+// rows by one panel is summed over k in registers, a panel row feeding kMaxRows rows of FMAs.
+//
+// Every output element is one running sum over k in increasing order, whatever m is, so results do not
+// depend on how the batch is split into chunks. Part of pointwise_cpu_kernels.h's variants: include only
+// from there.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace lstm_ext {
+namespace LSTM_EXT_CPU_VARIANT {
+namespace panel_gemm {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kPanelWidth = 2 * Vec::size();
+constexpr int kMaxRows = 6;  // 6 x 2 accumulators, 2 panel vectors and a broadcast: 15 of 16 AVX2 registers
+
+// op(W) as [k, n] (op(W) = W^T when transpose) in panels: [ceil(n / kPanelWidth), k, kPanelWidth].
+inline at::Tensor pack(const at::Tensor& weight, bool transpose) {
+  const at::Tensor w = transpose ? weight.t() : weight;
+  const int64_t k = w.size(0), n = w.size(1);
+  const int64_t panels = (n + kPanelWidth - 1) / kPanelWidth;
+  return at::constant_pad_nd(w, {0, panels * kPanelWidth - n}).view({k, panels, kPanelWidth}).permute({1, 0, 2})
+      .contiguous();
+}
+
+// kRows rows of out (row stride ldc) by one panel's kPanelWidth columns.
+template <int kRows>
+inline void block(const float* a, int64_t lda, const float* panel, int64_t k, float* out, int64_t ldc,
+                  bool accumulate) {
+  Vec acc[kRows][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < kRows; ++r) {
+    acc[r][0] = accumulate ? Vec::loadu(out + r * ldc) : Vec(0.f);
+    acc[r][1] = accumulate ? Vec::loadu(out + r * ldc + Vec::size()) : Vec(0.f);
+  }
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const Vec w0 = Vec::loadu(panel + kk * kPanelWidth);
+    const Vec w1 = Vec::loadu(panel + kk * kPanelWidth + Vec::size());
+#pragma GCC unroll 6
+    for (int r = 0; r < kRows; ++r) {
+      const Vec ar(a[r * lda + kk]);
+      acc[r][0] = at::vec::fmadd(ar, w0, acc[r][0]);
+      acc[r][1] = at::vec::fmadd(ar, w1, acc[r][1]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < kRows; ++r) {
+    acc[r][0].store(out + r * ldc);
+    acc[r][1].store(out + r * ldc + Vec::size());
+  }
+}
+
+// Rows [0, rows) of one panel, in blocks of kMaxRows and one smaller block.
+inline void panel_rows(const float* a, int64_t lda, const float* panel, int64_t k, float* out, int64_t ldc,
+                       int64_t rows, bool accumulate) {
+  int64_t r = 0;
+  for (; r + kMaxRows <= rows; r += kMaxRows) {
+    block<kMaxRows>(a + r * lda, lda, panel, k, out + r * ldc, ldc, accumulate);
+  }
+  const float* a_rest = a + r * lda;
+  float* out_rest = out + r * ldc;
+  switch (rows - r) {
+    case 5: block<5>(a_rest, lda, panel, k, out_rest, ldc, accumulate); break;
+    case 4: block<4>(a_rest, lda, panel, k, out_rest, ldc, accumulate); break;
+    case 3: block<3>(a_rest, lda, panel, k, out_rest, ldc, accumulate); break;
+    case 2: block<2>(a_rest, lda, panel, k, out_rest, ldc, accumulate); break;
+    case 1: block<1>(a_rest, lda, panel, k, out_rest, ldc, accumulate); break;
+    default: break;
+  }
+}
+
+// out[m, n] (+)= a[m, k] @ op(W), op(W) packed by pack(); a and out contiguous rows.
+inline void gemm(const float* a, int64_t m, int64_t k, const float* packed, float* out, int64_t n, bool accumulate) {
+  const int64_t full_panels = n / kPanelWidth;
+  // Panel by panel, so each panel stays in L1 for all the rows.
+  for (int64_t p = 0; p < full_panels; ++p) {
+    panel_rows(a, k, packed + p * k * kPanelWidth, k, out + p * kPanelWidth, n, m, accumulate);
+  }
+  const int64_t tail = n - full_panels * kPanelWidth;
+  if (tail == 0) {
+    return;
+  }
+  // The last, partial panel through a kPanelWidth-wide copy of its columns: the zero padding of the
+  // panel makes the extra columns 0 (or what was copied in), and only the real ones are copied back.
+  float staged[kMaxRows * kPanelWidth];
+  const float* panel = packed + full_panels * k * kPanelWidth;
+  for (int64_t r0 = 0; r0 < m; r0 += kMaxRows) {
+    const int64_t rows = std::min<int64_t>(kMaxRows, m - r0);
+    float* out_cols = out + r0 * n + full_panels * kPanelWidth;
+    std::fill_n(staged, kMaxRows * kPanelWidth, 0.f);
+    if (accumulate) {
+      for (int64_t r = 0; r < rows; ++r) {
+        std::copy_n(out_cols + r * n, tail, staged + r * kPanelWidth);
+      }
+    }
+    panel_rows(a + r0 * k, k, panel, k, staged, kPanelWidth, rows, accumulate);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy_n(staged + r * kPanelWidth, tail, out_cols + r * n);
+    }
+  }
+}
+
+}  // namespace panel_gemm
+}  // namespace LSTM_EXT_CPU_VARIANT
+}  // namespace lstm_ext
