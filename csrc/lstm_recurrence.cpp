@@ -51,6 +51,14 @@ RowBlock previous_rows(const StepRows& s, const RowBlock& per_step, const RowBlo
   return from_previous_step ? per_step.sub(s.prev_offset + first, count) : initial.sub(s.sequence + first, count);
 }
 
+// Steps per block of the inference forward's input projection: a block's gates about kBlockBytes, at
+// least one step, at most all of them.
+int64_t inference_block_steps(int64_t batch, int64_t gate_row_bytes, int64_t steps) {
+  constexpr int64_t kBlockBytes = int64_t{4} << 20;
+  const int64_t step_bytes = std::max<int64_t>(batch * gate_row_bytes, 1);
+  return std::clamp(kBlockBytes / step_bytes, int64_t{1}, std::max<int64_t>(steps, 1));
+}
+
 at::Tensor as_tensor(const RowBlock& block, const at::TensorOptions& options) {
   return at::from_blob(block.data, {block.rows, block.cols}, options);
 }
@@ -95,60 +103,76 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   const bool projected = weights.weight_hr.defined();
   const auto options = input.options();
 
-  // 1. The input projection of every step in one GEMM, both biases folded in.
-  at::Tensor gates = at::empty({N, 4 * H}, options);
-  if (weights.bias_ih.defined()) {
-    at::addmm_out(gates, weights.bias_ih + weights.bias_hh, input, weights.weight_ih.t());
-  } else {
-    at::mm_out(gates, input, weights.weight_ih.t());
-  }
+  // 1. The input projection of the steps, both biases folded in: in training all steps in one GEMM,
+  // into the gates it keeps for the backward; in inference, which keeps none, a block of steps at a time
+  // into one buffer used block after block, which stays in cache (a large fresh buffer also costs a
+  // page fault per 4 KiB on every call).
+  const at::Tensor bias = weights.bias_ih.defined() ? weights.bias_ih + weights.bias_hh : at::Tensor();
+  const int64_t block_steps = training ? T : inference_block_steps(B, 4 * H * input.element_size(), T);
+  at::Tensor gates = at::empty({training ? N : std::min(N, block_steps * B), 4 * H}, options);
 
   // 2. Per step: the recurrent GEMM accumulated into the step's own rows, then the fused pass. In
   // training the pass leaves the activated gates in place and c_t in `cells`; in inference c is updated
   // in place in one [B, H] buffer, whose rows hold c0 until their sequence starts and the last c after.
   // With a projection the pass writes the unprojected h, and one more GEMM projects it into the output.
-  // Each batch chunk runs all its steps on its own (step_kernels.h).
+  // Each batch chunk runs all the steps of a block on its own (step_kernels.h).
   at::Tensor output = at::empty({N, P}, options);
   at::Tensor cells = training ? at::empty({N, H}, options) : at::empty({0}, options);
   at::Tensor c_state = training ? at::Tensor() : c0.clone(at::MemoryFormat::Contiguous);
   at::Tensor unprojected = !projected ? at::empty({0}, options) : at::empty({training ? N : B, H}, options);
   const at::ScalarType dtype = input.scalar_type();
-  const RowBlock all_gates = row_block(gates), all_h = row_block(output), all_c = row_block(cells);
+  const RowBlock gates_rows = row_block(gates), all_h = row_block(output), all_c = row_block(cells);
   const RowBlock h0_rows = row_block(h0), c0_rows = row_block(c0), c_rows = row_block(c_state);
   const RowBlock unprojected_rows = row_block(unprojected);
   const StepWeight weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/true, B);
   const StepWeight weight_hr =
       projected ? steps.prepare_weight(weights.weight_hr, /*transpose=*/true, B) : StepWeight{};
-  steps.for_each_batch_chunk(B, [&](const BatchChunk& chunk) {
-    for (int64_t step = 0; step < T; ++step) {
-      const int64_t t = reverse ? T - 1 - step : step;
-      const StepRows s = step_rows(layout, t, reverse, chunk);
-      if (s.rows == 0) {
-        continue;
-      }
-      const RowBlock gates_t = all_gates.sub(s.offset, s.rows);
-      for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
-        steps.matmul(gates_t.sub(first, count), previous_rows(s, all_h, h0_rows, first, count, from_prev), weight_hh,
-                     /*accumulate=*/true);
-      });
-      const RowBlock h_t = all_h.sub(s.offset, s.rows);
-      const RowBlock cell_h_t = !projected ? h_t : unprojected_rows.sub(training ? s.offset : s.sequence, s.rows);
-      if (training) {
-        for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
-          steps.forward_pointwise(ForwardStepArgs{dtype, gates_t.sub(first, count),
-                                                  previous_rows(s, all_c, c0_rows, first, count, from_prev),
-                                                  cell_h_t.sub(first, count), all_c.sub(s.offset + first, count),
-                                                  true});
-        });
-      } else {
-        const RowBlock c = c_rows.sub(s.sequence, s.rows);
-        steps.forward_pointwise(ForwardStepArgs{dtype, gates_t, c, cell_h_t, c, false});
-      }
-      if (projected) {
-        steps.matmul(h_t, cell_h_t, weight_hr, /*accumulate=*/false);
-      }
+  for (int64_t block_first = 0; block_first < T; block_first += block_steps) {
+    // The block's steps [block_first, block_last) in the direction's order are steps [t_begin, t_end) in
+    // time, and rows [row_begin, row_end) of the sequence, rows [0, row_end - row_begin) of `gates`.
+    const int64_t block_last = std::min(T, block_first + block_steps);
+    const int64_t t_begin = reverse ? T - block_last : block_first, t_end = reverse ? T - block_first : block_last;
+    const int64_t row_begin = layout.offsets[t_begin];
+    const int64_t row_end = layout.offsets[t_end - 1] + layout.batch_sizes[t_end - 1];
+    at::Tensor block_gates = gates.narrow(0, 0, row_end - row_begin);
+    const at::Tensor block_input = input.narrow(0, row_begin, row_end - row_begin);
+    if (bias.defined()) {
+      at::addmm_out(block_gates, bias, block_input, weights.weight_ih.t());
+    } else {
+      at::mm_out(block_gates, block_input, weights.weight_ih.t());
     }
-  });
+    steps.for_each_batch_chunk(B, [&](const BatchChunk& chunk) {
+      for (int64_t step = block_first; step < block_last; ++step) {
+        const int64_t t = reverse ? T - 1 - step : step;
+        const StepRows s = step_rows(layout, t, reverse, chunk);
+        if (s.rows == 0) {
+          continue;
+        }
+        const RowBlock gates_t = gates_rows.sub(s.offset - row_begin, s.rows);
+        for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
+          steps.matmul(gates_t.sub(first, count), previous_rows(s, all_h, h0_rows, first, count, from_prev),
+                       weight_hh, /*accumulate=*/true);
+        });
+        const RowBlock h_t = all_h.sub(s.offset, s.rows);
+        const RowBlock cell_h_t =
+            !projected ? h_t : unprojected_rows.sub(training ? s.offset : s.sequence, s.rows);
+        if (training) {
+          for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
+            steps.forward_pointwise(ForwardStepArgs{dtype, gates_t.sub(first, count),
+                                                    previous_rows(s, all_c, c0_rows, first, count, from_prev),
+                                                    cell_h_t.sub(first, count), all_c.sub(s.offset + first, count),
+                                                    true});
+          });
+        } else {
+          const RowBlock c = c_rows.sub(s.sequence, s.rows);
+          steps.forward_pointwise(ForwardStepArgs{dtype, gates_t, c, cell_h_t, c, false});
+        }
+        if (projected) {
+          steps.matmul(h_t, cell_h_t, weight_hr, /*accumulate=*/false);
+        }
+      }
+    });
+  }
 
   // 3. Each sequence's last state: in reverse all of them end at step 0; forward, the rows that leave
   // the batch after step t end there.

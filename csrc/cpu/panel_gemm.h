@@ -78,15 +78,21 @@ inline void panel_rows(const float* a, int64_t lda, const float* panel, int64_t 
   }
 }
 
-// out[m, n] (+)= a[m, k] @ op(W), op(W) packed by pack(); a and out contiguous rows.
-inline void gemm(const float* a, int64_t m, int64_t k, const float* packed, float* out, int64_t n, bool accumulate) {
-  const int64_t full_panels = n / kPanelWidth;
+inline int64_t panel_count(int64_t n) {
+  return (n + kPanelWidth - 1) / kPanelWidth;
+}
+
+// Columns [p * kPanelWidth, ...) of out[m, n] (+)= a[m, k] @ op(W) for panels p in [first, last), op(W)
+// packed by pack(); a and out contiguous rows. Disjoint panel ranges may run on different threads.
+inline void gemm_panels(const float* a, int64_t m, int64_t k, const float* packed, float* out, int64_t n,
+                        bool accumulate, int64_t first, int64_t last) {
+  const int64_t full_panels = std::min(last, n / kPanelWidth);
   // Panel by panel, so each panel stays in L1 for all the rows.
-  for (int64_t p = 0; p < full_panels; ++p) {
+  for (int64_t p = first; p < full_panels; ++p) {
     panel_rows(a, k, packed + p * k * kPanelWidth, k, out + p * kPanelWidth, n, m, accumulate);
   }
   const int64_t tail = n - full_panels * kPanelWidth;
-  if (tail == 0) {
+  if (tail == 0 || last < panel_count(n)) {
     return;
   }
   // The last, partial panel through a kPanelWidth-wide copy of its columns: the zero padding of the

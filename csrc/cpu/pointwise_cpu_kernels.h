@@ -28,7 +28,15 @@ template <typename S>
 struct Transcendentals<at::vec::Vectorized<S>> {
   using V = at::vec::Vectorized<S>;
   static V exp(const V& x) { return x.exp(); }
-  static V tanh(const V& x) { return x.tanh(); }
+  // float: tanh(x) = 2 / (1 + exp(-2x)) - 1, within a few 1e-8 of tanh (absolute) and about ten times
+  // cheaper than Sleef's tanhf, which was a tenth of a large inference forward. double keeps Sleef's.
+  static V tanh(const V& x) {
+    if constexpr (std::is_same_v<S, float>) {
+      return V(2.f) / (V(1.f) + (x * V(-2.f)).exp()) - V(1.f);
+    } else {
+      return x.tanh();
+    }
+  }
 };
 }  // namespace math
 
@@ -162,8 +170,15 @@ class CpuStepKernels final : public StepKernels {
   }
   void matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate) const override {
     if (weight.packed.defined()) {
-      panel_gemm::gemm(a.ptr<float>(), out.rows, a.cols, weight.packed.const_data_ptr<float>(), out.ptr<float>(),
-                       out.cols, accumulate);
+      // Inside a batch chunk on one thread; called outside one (a single chunk: the batch is too small
+      // to split), the panels are split over the threads when there is enough work to pay for waking them.
+      const int64_t panels = panel_gemm::panel_count(out.cols);
+      const int64_t panel_macs = out.rows * a.cols * panel_gemm::kPanelWidth;
+      const int64_t grain = at::divup(kMinMacsPerTask, std::max<int64_t>(panel_macs, 1));
+      at::parallel_for(0, panels, grain, [&](int64_t first, int64_t last) {
+        panel_gemm::gemm_panels(a.ptr<float>(), out.rows, a.cols, weight.packed.const_data_ptr<float>(),
+                                out.ptr<float>(), out.cols, accumulate, first, last);
+      });
       return;
     }
     if (!blas_gemm(out, a, weight, accumulate)) {
@@ -187,6 +202,7 @@ class CpuStepKernels final : public StepKernels {
 
  private:
   static constexpr int64_t kMinChunkRows = 1;
+  static constexpr int64_t kMinMacsPerTask = 32768;
 };
 
 }  // namespace
