@@ -49,7 +49,7 @@ LayerBackwardTuple run_layer_backward(const char* op, const StepKernels& steps, 
                                       const std::optional<at::Tensor>& weight_hr, const at::Tensor& h0,
                                       const at::Tensor& c0, const at::Tensor& output, const at::Tensor& gates,
                                       const at::Tensor& cells, const at::Tensor& unprojected, bool reverse,
-                                      bool has_bias) {
+                                      bool has_bias, bool need_grad_input) {
   const LayerSizes sizes = check_layer_backward_args(
       op, grad_output, grad_h_n, grad_c_n, input, batch_sizes.value_or(at::Tensor()), weight_ih, weight_hh,
       weight_hr.value_or(at::Tensor()), h0, c0, output, gates, cells, unprojected);
@@ -58,7 +58,8 @@ LayerBackwardTuple run_layer_backward(const char* op, const StepKernels& steps, 
   const LayerSaved saved{as_rows(output), as_rows(gates), as_rows(cells),
                          weights.weight_hr.defined() ? as_rows(unprojected) : at::Tensor()};
   auto r = lstm_layer_backward(steps, sizes.layout, as_rows(grad_output), grad_h_n, grad_c_n, as_rows(input),
-                               weights, h0.contiguous(), c0.contiguous(), saved, reverse, has_bias);
+                               weights, h0.contiguous(), c0.contiguous(), saved, reverse, has_bias,
+                               need_grad_input);
   return {as_sequence(sizes, r.grad_input), r.grad_weight_ih, r.grad_weight_hh, r.grad_bias, r.grad_weight_hr,
           r.grad_h0, r.grad_c0};
 }

@@ -14,7 +14,8 @@ namespace lstm_ext {
 // The schemas' argument lists, one copy for every library that registers layer ops. input is
 // [T, B, I], or packed rows [N, I] with batch_sizes (a PackedSequence's, on the CPU). With weight_hr
 // (nn.LSTM's proj_size) the output and h are projected to proj_size, and `unprojected` keeps the h
-// before the projection for the backward.
+// before the projection for the backward. Without need_grad_input the backward skips grad_input (one
+// of its large GEMMs) and returns an empty [0] for it: a first layer's input rarely needs a gradient.
 #define LSTM_EXT_LAYER_FORWARD_ARGS                                                                  \
   "Tensor input, Tensor? batch_sizes, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "       \
   "Tensor? bias_hh, Tensor? weight_hr, Tensor h0, Tensor c0, bool reverse, bool training"
@@ -23,7 +24,7 @@ namespace lstm_ext {
 #define LSTM_EXT_LAYER_BACKWARD_ARGS                                                                      \
   "Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor? batch_sizes, "            \
   "Tensor weight_ih, Tensor weight_hh, Tensor? weight_hr, Tensor h0, Tensor c0, Tensor output, "         \
-  "Tensor gates, Tensor cells, Tensor unprojected, bool reverse, bool has_bias"
+  "Tensor gates, Tensor cells, Tensor unprojected, bool reverse, bool has_bias, bool need_grad_input"
 #define LSTM_EXT_LAYER_BACKWARD_RETURNS                                                              \
   "(Tensor grad_input, Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias, "                 \
   "Tensor grad_weight_hr, Tensor grad_h0, Tensor grad_c0)"
@@ -46,6 +47,6 @@ LayerBackwardTuple run_layer_backward(const char* op, const StepKernels& steps, 
                                       const std::optional<at::Tensor>& weight_hr, const at::Tensor& h0,
                                       const at::Tensor& c0, const at::Tensor& output, const at::Tensor& gates,
                                       const at::Tensor& cells, const at::Tensor& unprojected, bool reverse,
-                                      bool has_bias);
+                                      bool has_bias, bool need_grad_input);
 
 }  // namespace lstm_ext

@@ -201,7 +201,8 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
                                         const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                                         const at::Tensor& grad_c_n, const at::Tensor& input,
                                         const LayerWeights& weights, const at::Tensor& h0, const at::Tensor& c0,
-                                        const LayerSaved& saved, bool reverse, bool has_bias) {
+                                        const LayerSaved& saved, bool reverse, bool has_bias,
+                                        bool need_grad_input) {
   const int64_t N = layout.rows, T = layout.steps(), B = layout.batch;
   const int64_t H = c0.size(1), P = h0.size(1);
   const bool projected = weights.weight_hr.defined();
@@ -260,7 +261,7 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
 
   // 2. Everything that does not feed the recurrence, as large GEMMs over all steps at once.
   LayerBackwardResult result;
-  result.grad_input = at::mm(grad_gates, weights.weight_ih);
+  result.grad_input = need_grad_input ? at::mm(grad_gates, weights.weight_ih) : at::empty({0}, options);
   result.grad_weight_ih = at::mm(grad_gates.t(), input);
   result.grad_weight_hh = recurrent_weight_grad(layout, grad_gates, saved.output, h0, reverse);
   result.grad_bias = has_bias ? grad_gates.sum(0) : at::empty({0}, options);

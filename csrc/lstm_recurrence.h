@@ -48,7 +48,7 @@ struct LayerSaved {
 };
 
 struct LayerBackwardResult {
-  at::Tensor grad_input;      // [N, I]
+  at::Tensor grad_input;      // [N, I], empty without need_grad_input
   at::Tensor grad_weight_ih;  // [4H, I]
   at::Tensor grad_weight_hh;  // [4H, P]
   at::Tensor grad_bias;       // [4H] (the gradient of bias_ih and of bias_hh alike), empty without bias
@@ -65,6 +65,7 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
                                         const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                                         const at::Tensor& grad_c_n, const at::Tensor& input,
                                         const LayerWeights& weights, const at::Tensor& h0, const at::Tensor& c0,
-                                        const LayerSaved& saved, bool reverse, bool has_bias);
+                                        const LayerSaved& saved, bool reverse, bool has_bias,
+                                        bool need_grad_input);
 
 }  // namespace lstm_ext

@@ -51,11 +51,11 @@ struct LayerOps {
                                      const at::Tensor& weight_hh, const std::optional<at::Tensor>& weight_hr,
                                      const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& output,
                                      const at::Tensor& gates, const at::Tensor& cells, const at::Tensor& unprojected,
-                                     bool reverse, bool has_bias) {
+                                     bool reverse, bool has_bias, bool need_grad_input) {
     const typename Backend::Guard guard(input);
     return run_layer_backward(kBackwardOp, Backend::steps(), grad_output, grad_h_n, grad_c_n, input, batch_sizes,
                               weight_ih, weight_hh, weight_hr, h0, c0, output, gates, cells, unprojected, reverse,
-                              has_bias);
+                              has_bias, need_grad_input);
   }
 };
 

@@ -38,13 +38,13 @@ def _lstm_layer_forward_fake(input, batch_sizes, weight_ih, weight_hh, bias_ih, 
 
 @torch.library.register_fake("lstm_ext::lstm_layer_backward")
 def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, weight_ih, weight_hh, weight_hr,
-                              h0, c0, output, gates, cells, unprojected, reverse, has_bias):
+                              h0, c0, output, gates, cells, unprojected, reverse, has_bias, need_grad_input):
     hidden = c0.shape[1]
     grad_bias = input.new_empty((4 * hidden,)) if has_bias else input.new_empty((0,))
     grad_weight_hr = input.new_empty((0,)) if weight_hr is None else torch.empty_like(
         weight_hr, memory_format=torch.contiguous_format)
     return (
-        torch.empty_like(input, memory_format=torch.contiguous_format),
+        torch.empty_like(input, memory_format=torch.contiguous_format) if need_grad_input else input.new_empty((0,)),
         torch.empty_like(weight_ih, memory_format=torch.contiguous_format),
         torch.empty_like(weight_hh, memory_format=torch.contiguous_format),
         grad_bias,

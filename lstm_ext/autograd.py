@@ -40,7 +40,7 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells, _g
         grad_c_n = torch.zeros_like(c0)
     grads = _ops.lstm_layer_backward(
         grad_output, grad_h_n, grad_c_n, input, batch_sizes, weight_ih, weight_hh, weight_hr, h0, c0, layer_output,
-        gates, cells, unprojected, ctx.reverse, ctx.has_bias,
+        gates, cells, unprojected, ctx.reverse, ctx.has_bias, ctx.needs_input_grad[0],
     )
     grad_input, grad_weight_ih, grad_weight_hh, grad_bias, grad_weight_hr, grad_h0, grad_c0 = grads
     grad_bias_ih = grad_bias if ctx.has_bias and ctx.needs_input_grad[4] else None

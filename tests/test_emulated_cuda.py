@@ -69,7 +69,7 @@ def test_emulated_cuda_equals_cpu(dtype, sizes, geometry, reverse, packed):
     x, batch_sizes, w_ih, w_hh, _, _, w_hr, h0, c0 = args
     grads = [torch.randn_like(output), torch.randn_like(h_n), torch.randn_like(c_n)]
     backward_args = (*grads, x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, output, gates, cells, unprojected, reverse,
-                     has_bias)
+                     has_bias, True)
     expected = cpu_backward(*backward_args)
     actual = emulated_backward(*backward_args, *launch)
     names = ["grad_input", "grad_weight_ih", "grad_weight_hh", "grad_bias", "grad_weight_hr", "grad_h0", "grad_c0"]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import lstm_ext  # noqa: F401  (registers torch.ops.lstm_ext)
+import lstm_ext  # registers torch.ops.lstm_ext
 from conftest import CUDA_READY, CUDA_SKIP_REASON
 from lstm_ext import LSTMFunction
 
@@ -59,7 +59,37 @@ def test_opcheck_forward(device, variant, reverse, bias, training):
 def test_opcheck_backward(device, variant, reverse, bias):
     args = layer_args(device, bias=bias, **VARIANTS[variant])
     results = forward_op(*args, reverse, True)
-    torch.library.opcheck(backward_op, (*backward_args(args, results), reverse, bias))
+    for need_grad_input in (True, False):
+        torch.library.opcheck(backward_op, (*backward_args(args, results), reverse, bias, need_grad_input))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_backward_without_grad_input(device, variant):
+    """need_grad_input=False leaves out grad_input only: every other gradient is bitwise the same."""
+    args = layer_args(device, **VARIANTS[variant])
+    results = forward_op(*args, False, True)
+    grads_and_saved = backward_args(args, results)
+    full = backward_op(*grads_and_saved, False, True, True)
+    partial = backward_op(*grads_and_saved, False, True, False)
+    assert full[0].shape == args[0].shape and partial[0].numel() == 0
+    for name, a, b in zip(["grad_weight_ih", "grad_weight_hh", "grad_bias", "grad_weight_hr", "grad_h0", "grad_c0"],
+                          full[1:], partial[1:]):
+        assert torch.equal(a, b), name
+
+
+def test_module_input_without_grad_skips_grad_input(device):
+    """Through the module: a leaf input that needs no gradient gets none, and the weights get nn.LSTM's."""
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(5, 7, device=device, dtype=torch.float64)
+    fused = lstm_ext.LSTM(5, 7, device=device, dtype=torch.float64)
+    fused.load_state_dict(reference.state_dict())
+    x = torch.randn(6, 3, 5, device=device, dtype=torch.float64)
+    for module in (reference, fused):
+        output, _ = module(x)
+        output.square().sum().backward()
+    assert x.grad is None
+    for (name, a), b in zip(reference.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-9, msg=name)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -179,7 +209,7 @@ def test_backward_argument_errors(device):
     args = layer_args(device)
     results = forward_op(*args, False, True)
     output, h_n, c_n, gates, cells, unprojected = results
-    good = backward_args(args, results) + [False, True]
+    good = backward_args(args, results) + [False, True, True]
     backward_op(*good)
     for index, value, message in [
         (0, output[:, :-1], "grad_output must have shape [seq_len, batch, hidden_size or proj_size]"),
