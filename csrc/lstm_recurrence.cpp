@@ -108,6 +108,7 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   // into one buffer used block after block, which stays in cache (a large fresh buffer also costs a
   // page fault per 4 KiB on every call).
   const at::Tensor bias = weights.bias_ih.defined() ? weights.bias_ih + weights.bias_hh : at::Tensor();
+  const StepWeight weight_ih = steps.prepare_weight(weights.weight_ih, /*transpose=*/true, N);
   const int64_t block_steps = training ? T : inference_block_steps(B, 4 * H * input.element_size(), T);
   at::Tensor gates = at::empty({training ? N : std::min(N, block_steps * B), 4 * H}, options);
 
@@ -134,13 +135,12 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
     const int64_t t_begin = reverse ? T - block_last : block_first, t_end = reverse ? T - block_first : block_last;
     const int64_t row_begin = layout.offsets[t_begin];
     const int64_t row_end = layout.offsets[t_end - 1] + layout.batch_sizes[t_end - 1];
-    at::Tensor block_gates = gates.narrow(0, 0, row_end - row_begin);
-    const at::Tensor block_input = input.narrow(0, row_begin, row_end - row_begin);
+    const int64_t block_rows = row_end - row_begin;
     if (bias.defined()) {
-      at::addmm_out(block_gates, bias, block_input, weights.weight_ih.t());
-    } else {
-      at::mm_out(block_gates, block_input, weights.weight_ih.t());
+      gates.narrow(0, 0, block_rows).copy_(bias.expand({block_rows, 4 * H}));
     }
+    steps.matmul(gates_rows.sub(0, block_rows), row_block(input).sub(row_begin, block_rows), weight_ih,
+                 /*accumulate=*/bias.defined());
     steps.for_each_batch_chunk(B, [&](const BatchChunk& chunk) {
       for (int64_t step = block_first; step < block_last; ++step) {
         const int64_t t = reverse ? T - 1 - step : step;
@@ -261,7 +261,13 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
 
   // 2. Everything that does not feed the recurrence, as large GEMMs over all steps at once.
   LayerBackwardResult result;
-  result.grad_input = need_grad_input ? at::mm(grad_gates, weights.weight_ih) : at::empty({0}, options);
+  if (need_grad_input) {
+    result.grad_input = at::empty({N, input.size(1)}, options);
+    const StepWeight weight_ih = steps.prepare_weight(weights.weight_ih, /*transpose=*/false, N);
+    steps.matmul(row_block(result.grad_input), all_grad_gates, weight_ih, /*accumulate=*/false);
+  } else {
+    result.grad_input = at::empty({0}, options);
+  }
   result.grad_weight_ih = at::mm(grad_gates.t(), input);
   result.grad_weight_hh = recurrent_weight_grad(layout, grad_gates, saved.output, h0, reverse);
   result.grad_bias = has_bias ? grad_gates.sum(0) : at::empty({0}, options);

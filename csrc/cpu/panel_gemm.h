@@ -10,6 +10,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
@@ -23,13 +24,41 @@ using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kPanelWidth = 2 * Vec::size();
 constexpr int kMaxRows = 6;  // 6 x 2 accumulators, 2 panel vectors and a broadcast: 15 of 16 AVX2 registers
 
-// op(W) as [k, n] (op(W) = W^T when transpose) in panels: [ceil(n / kPanelWidth), k, kPanelWidth].
+inline int64_t panel_count(int64_t n) {
+  return (n + kPanelWidth - 1) / kPanelWidth;
+}
+
+// op(W) as [k, n] (op(W) = W^T when transpose) in panels: [panel_count(n), k, kPanelWidth], the columns
+// past n zero. W is contiguous float. Panels are packed in parallel; a loop per case, since ATen's
+// general strided copy of the transposed weight takes twice as long.
 inline at::Tensor pack(const at::Tensor& weight, bool transpose) {
-  const at::Tensor w = transpose ? weight.t() : weight;
-  const int64_t k = w.size(0), n = w.size(1);
-  const int64_t panels = (n + kPanelWidth - 1) / kPanelWidth;
-  return at::constant_pad_nd(w, {0, panels * kPanelWidth - n}).view({k, panels, kPanelWidth}).permute({1, 0, 2})
-      .contiguous();
+  const int64_t k = transpose ? weight.size(1) : weight.size(0), n = transpose ? weight.size(0) : weight.size(1);
+  const int64_t panels = panel_count(n);
+  at::Tensor packed = at::empty({panels, k, kPanelWidth}, weight.options());
+  const float* w = weight.const_data_ptr<float>();
+  float* out = packed.mutable_data_ptr<float>();
+  at::parallel_for(0, panels, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)), [&](int64_t first, int64_t last) {
+    for (int64_t p = first; p < last; ++p) {
+      float* panel = out + p * k * kPanelWidth;
+      const int64_t col0 = p * kPanelWidth, cols = std::min(kPanelWidth, n - col0);
+      if (cols < kPanelWidth) {
+        std::fill_n(panel, k * kPanelWidth, 0.f);
+      }
+      if (transpose) {  // op(W)[kk][col] = W[col][kk]: read each of the panel's rows of W along kk
+        for (int64_t j = 0; j < cols; ++j) {
+          const float* w_row = w + (col0 + j) * k;
+          for (int64_t kk = 0; kk < k; ++kk) {
+            panel[kk * kPanelWidth + j] = w_row[kk];
+          }
+        }
+      } else {  // op(W)[kk][col] = W[kk][col]: the panel's columns of each row are contiguous
+        for (int64_t kk = 0; kk < k; ++kk) {
+          std::copy_n(w + kk * n + col0, cols, panel + kk * kPanelWidth);
+        }
+      }
+    }
+  });
+  return packed;
 }
 
 // kRows rows of out (row stride ldc) by one panel's kPanelWidth columns.
@@ -76,10 +105,6 @@ inline void panel_rows(const float* a, int64_t lda, const float* panel, int64_t 
     case 1: block<1>(a_rest, lda, panel, k, out_rest, ldc, accumulate); break;
     default: break;
   }
-}
-
-inline int64_t panel_count(int64_t n) {
-  return (n + kPanelWidth - 1) / kPanelWidth;
 }
 
 // Columns [p * kPanelWidth, ...) of out[m, n] (+)= a[m, k] @ op(W) for panels p in [first, last), op(W)

@@ -170,14 +170,24 @@ class CpuStepKernels final : public StepKernels {
   }
   void matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate) const override {
     if (weight.packed.defined()) {
-      // Inside a batch chunk on one thread; called outside one (a single chunk: the batch is too small
-      // to split), the panels are split over the threads when there is enough work to pay for waking them.
+      // Tasks of (block of rows, panel), row block major: a thread's run of tasks keeps its rows of `a`
+      // in cache while the panels pass. Inside a batch chunk this runs on the chunk's thread; outside
+      // (the input projections, or one chunk of a small batch) the tasks are split over the threads
+      // when there is enough work to pay for waking them.
       const int64_t panels = panel_gemm::panel_count(out.cols);
-      const int64_t panel_macs = out.rows * a.cols * panel_gemm::kPanelWidth;
-      const int64_t grain = at::divup(kMinMacsPerTask, std::max<int64_t>(panel_macs, 1));
-      at::parallel_for(0, panels, grain, [&](int64_t first, int64_t last) {
-        panel_gemm::gemm_panels(a.ptr<float>(), out.rows, a.cols, weight.packed.const_data_ptr<float>(),
-                                out.ptr<float>(), out.cols, accumulate, first, last);
+      const int64_t row_blocks = at::divup(out.rows, kRowBlock);
+      const int64_t task_macs = std::min(out.rows, kRowBlock) * a.cols * panel_gemm::kPanelWidth;
+      const int64_t grain = at::divup(kMinMacsPerTask, std::max<int64_t>(task_macs, 1));
+      const float* packed = weight.packed.const_data_ptr<float>();
+      at::parallel_for(0, row_blocks * panels, grain, [&](int64_t first, int64_t last) {
+        for (int64_t task = first; task < last;) {
+          const int64_t block = task / panels, panel = task % panels;
+          const int64_t panel_end = std::min(panels, panel + (last - task));  // this block's panels in range
+          const int64_t row = block * kRowBlock, rows = std::min(kRowBlock, out.rows - row);
+          panel_gemm::gemm_panels(a.sub(row, rows).ptr<float>(), rows, a.cols, packed, out.sub(row, rows).ptr<float>(),
+                                  out.cols, accumulate, panel, panel_end);
+          task += panel_end - panel;
+        }
       });
       return;
     }
@@ -203,6 +213,7 @@ class CpuStepKernels final : public StepKernels {
  private:
   static constexpr int64_t kMinChunkRows = 1;
   static constexpr int64_t kMinMacsPerTask = 32768;
+  static constexpr int64_t kRowBlock = 96;  // rows of `a` kept in cache across panels: 16 register blocks
 };
 
 }  // namespace
