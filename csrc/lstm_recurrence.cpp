@@ -108,7 +108,7 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   // into one buffer used block after block, which stays in cache (a large fresh buffer also costs a
   // page fault per 4 KiB on every call).
   const at::Tensor bias = weights.bias_ih.defined() ? weights.bias_ih + weights.bias_hh : at::Tensor();
-  const StepWeight weight_ih = steps.prepare_weight(weights.weight_ih, /*transpose=*/true, N);
+  StepWeight weight_ih = steps.prepare_weight(weights.weight_ih, /*transpose=*/true, N);
   const int64_t block_steps = training ? T : inference_block_steps(B, 4 * H * input.element_size(), T);
   at::Tensor gates = at::empty({training ? N : std::min(N, block_steps * B), 4 * H}, options);
 
@@ -125,7 +125,7 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   const RowBlock gates_rows = row_block(gates), all_h = row_block(output), all_c = row_block(cells);
   const RowBlock h0_rows = row_block(h0), c0_rows = row_block(c0), c_rows = row_block(c_state);
   const RowBlock unprojected_rows = row_block(unprojected);
-  const StepWeight weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/true, B);
+  StepWeight weight_hh;  // prepared after the (in training, only) input projection, which frees W_ih's copy
   const StepWeight weight_hr =
       projected ? steps.prepare_weight(weights.weight_hr, /*transpose=*/true, B) : StepWeight{};
   for (int64_t block_first = 0; block_first < T; block_first += block_steps) {
@@ -141,6 +141,12 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
     }
     steps.matmul(gates_rows.sub(0, block_rows), row_block(input).sub(row_begin, block_rows), weight_ih,
                  /*accumulate=*/bias.defined());
+    if (block_last == T) {
+      weight_ih = StepWeight{};  // a backend's prepared copy is freed as soon as it is done with
+    }
+    if (block_first == 0) {
+      weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/true, B);
+    }
     steps.for_each_batch_chunk(B, [&](const BatchChunk& chunk) {
       for (int64_t step = block_first; step < block_last; ++step) {
         const int64_t t = reverse ? T - 1 - step : step;
@@ -225,7 +231,7 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
   const RowBlock all_grad_h_total = row_block(grad_h_total), grad_unprojected_rows = row_block(grad_unprojected);
   const RowBlock no_grad_h_rows = row_block(no_grad_h), c0_rows = row_block(c0);
   const RowBlock all_gates = row_block(saved.gates), all_c = row_block(saved.cells);
-  const StepWeight weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/false, B);
+  StepWeight weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/false, B);
   const StepWeight weight_hr =
       projected ? steps.prepare_weight(weights.weight_hr, /*transpose=*/false, B) : StepWeight{};
   steps.for_each_batch_chunk(B, [&](const BatchChunk& chunk) {
@@ -258,6 +264,8 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
       steps.matmul(grad_h_live, all_grad_gates.sub(s.offset, s.rows), weight_hh, /*accumulate=*/false);
     }
   });
+
+  weight_hh = StepWeight{};  // freed before grad_input prepares W_ih: one prepared copy at a time
 
   // 2. Everything that does not feed the recurrence, as large GEMMs over all steps at once.
   LayerBackwardResult result;

@@ -37,7 +37,8 @@ inline at::Tensor pack(const at::Tensor& weight, bool transpose) {
   at::Tensor packed = at::empty({panels, k, kPanelWidth}, weight.options());
   const float* w = weight.const_data_ptr<float>();
   float* out = packed.mutable_data_ptr<float>();
-  at::parallel_for(0, panels, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)), [&](int64_t first, int64_t last) {
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(k, 1));  // 16 KiB of floats per task
+  at::parallel_for(0, panels, grain, [&](int64_t first, int64_t last) {
     for (int64_t p = first; p < last; ++p) {
       float* panel = out + p * k * kPanelWidth;
       const int64_t col0 = p * kPanelWidth, cols = std::min(kPanelWidth, n - col0);
@@ -61,10 +62,19 @@ inline at::Tensor pack(const at::Tensor& weight, bool transpose) {
   return packed;
 }
 
+// Where the panels are: row kk of panel p at data + p * panel_stride + kk * row_stride. Packed by pack():
+// panel_stride = k * kPanelWidth, row_stride = kPanelWidth. A row-major op(W) = W [k, n] with n a multiple
+// of kPanelWidth is already panels, read in place: panel_stride = kPanelWidth, row_stride = n.
+struct Panels {
+  const float* data;
+  int64_t panel_stride;
+  int64_t row_stride;
+};
+
 // kRows rows of out (row stride ldc) by one panel's kPanelWidth columns.
 template <int kRows>
-inline void block(const float* a, int64_t lda, const float* panel, int64_t k, float* out, int64_t ldc,
-                  bool accumulate) {
+inline void block(const float* a, int64_t lda, const float* panel, int64_t ldp, int64_t k, float* out,
+                  int64_t ldc, bool accumulate) {
   Vec acc[kRows][2];
 #pragma GCC unroll 6
   for (int r = 0; r < kRows; ++r) {
@@ -72,8 +82,8 @@ inline void block(const float* a, int64_t lda, const float* panel, int64_t k, fl
     acc[r][1] = accumulate ? Vec::loadu(out + r * ldc + Vec::size()) : Vec(0.f);
   }
   for (int64_t kk = 0; kk < k; ++kk) {
-    const Vec w0 = Vec::loadu(panel + kk * kPanelWidth);
-    const Vec w1 = Vec::loadu(panel + kk * kPanelWidth + Vec::size());
+    const Vec w0 = Vec::loadu(panel + kk * ldp);
+    const Vec w1 = Vec::loadu(panel + kk * ldp + Vec::size());
 #pragma GCC unroll 6
     for (int r = 0; r < kRows; ++r) {
       const Vec ar(a[r * lda + kk]);
@@ -89,32 +99,33 @@ inline void block(const float* a, int64_t lda, const float* panel, int64_t k, fl
 }
 
 // Rows [0, rows) of one panel, in blocks of kMaxRows and one smaller block.
-inline void panel_rows(const float* a, int64_t lda, const float* panel, int64_t k, float* out, int64_t ldc,
-                       int64_t rows, bool accumulate) {
+inline void panel_rows(const float* a, int64_t lda, const float* panel, int64_t ldp, int64_t k, float* out,
+                       int64_t ldc, int64_t rows, bool accumulate) {
   int64_t r = 0;
   for (; r + kMaxRows <= rows; r += kMaxRows) {
-    block<kMaxRows>(a + r * lda, lda, panel, k, out + r * ldc, ldc, accumulate);
+    block<kMaxRows>(a + r * lda, lda, panel, ldp, k, out + r * ldc, ldc, accumulate);
   }
   const float* a_rest = a + r * lda;
   float* out_rest = out + r * ldc;
   switch (rows - r) {
-    case 5: block<5>(a_rest, lda, panel, k, out_rest, ldc, accumulate); break;
-    case 4: block<4>(a_rest, lda, panel, k, out_rest, ldc, accumulate); break;
-    case 3: block<3>(a_rest, lda, panel, k, out_rest, ldc, accumulate); break;
-    case 2: block<2>(a_rest, lda, panel, k, out_rest, ldc, accumulate); break;
-    case 1: block<1>(a_rest, lda, panel, k, out_rest, ldc, accumulate); break;
+    case 5: block<5>(a_rest, lda, panel, ldp, k, out_rest, ldc, accumulate); break;
+    case 4: block<4>(a_rest, lda, panel, ldp, k, out_rest, ldc, accumulate); break;
+    case 3: block<3>(a_rest, lda, panel, ldp, k, out_rest, ldc, accumulate); break;
+    case 2: block<2>(a_rest, lda, panel, ldp, k, out_rest, ldc, accumulate); break;
+    case 1: block<1>(a_rest, lda, panel, ldp, k, out_rest, ldc, accumulate); break;
     default: break;
   }
 }
 
-// Columns [p * kPanelWidth, ...) of out[m, n] (+)= a[m, k] @ op(W) for panels p in [first, last), op(W)
-// packed by pack(); a and out contiguous rows. Disjoint panel ranges may run on different threads.
-inline void gemm_panels(const float* a, int64_t m, int64_t k, const float* packed, float* out, int64_t n,
+// Columns [p * kPanelWidth, ...) of out[m, n] (+)= a[m, k] @ op(W) for panels p in [first, last); a and
+// out contiguous rows. A partial last panel only from pack(). Disjoint panel ranges may run on
+// different threads.
+inline void gemm_panels(const float* a, int64_t m, int64_t k, const Panels& w, float* out, int64_t n,
                         bool accumulate, int64_t first, int64_t last) {
   const int64_t full_panels = std::min(last, n / kPanelWidth);
   // Panel by panel, so each panel stays in L1 for all the rows.
   for (int64_t p = first; p < full_panels; ++p) {
-    panel_rows(a, k, packed + p * k * kPanelWidth, k, out + p * kPanelWidth, n, m, accumulate);
+    panel_rows(a, k, w.data + p * w.panel_stride, w.row_stride, k, out + p * kPanelWidth, n, m, accumulate);
   }
   const int64_t tail = n - full_panels * kPanelWidth;
   if (tail == 0 || last < panel_count(n)) {
@@ -123,7 +134,7 @@ inline void gemm_panels(const float* a, int64_t m, int64_t k, const float* packe
   // The last, partial panel through a kPanelWidth-wide copy of its columns: the zero padding of the
   // panel makes the extra columns 0 (or what was copied in), and only the real ones are copied back.
   float staged[kMaxRows * kPanelWidth];
-  const float* panel = packed + full_panels * k * kPanelWidth;
+  const float* panel = w.data + full_panels * w.panel_stride;
   for (int64_t r0 = 0; r0 < m; r0 += kMaxRows) {
     const int64_t rows = std::min<int64_t>(kMaxRows, m - r0);
     float* out_cols = out + r0 * n + full_panels * kPanelWidth;
@@ -133,7 +144,7 @@ inline void gemm_panels(const float* a, int64_t m, int64_t k, const float* packe
         std::copy_n(out_cols + r * n, tail, staged + r * kPanelWidth);
       }
     }
-    panel_rows(a + r0 * k, k, panel, k, staged, kPanelWidth, rows, accumulate);
+    panel_rows(a + r0 * k, k, panel, w.row_stride, k, staged, kPanelWidth, rows, accumulate);
     for (int64_t r = 0; r < rows; ++r) {
       std::copy_n(staged + r * kPanelWidth, tail, out_cols + r * n);
     }

@@ -164,9 +164,13 @@ class CpuStepKernels final : public StepKernels {
   }
   // Float weights packed for panel_gemm where the CPU has the vector width it is written for; BLAS
   // (double) or ATen (bfloat16) otherwise.
+  // A weight that is already in panels (op(W) = W with whole panels) is its own `packed`: no copy.
   StepWeight prepare_weight(const at::Tensor& weight, bool transpose, int64_t /*max_rows*/) const override {
-    const bool panels = kPanelGemm && weight.scalar_type() == at::kFloat;
-    return StepWeight{weight, transpose, panels ? panel_gemm::pack(weight, transpose) : at::Tensor()};
+    if (!kPanelGemm || weight.scalar_type() != at::kFloat) {
+      return StepWeight{weight, transpose, at::Tensor()};
+    }
+    const bool in_place = !transpose && weight.size(1) % panel_gemm::kPanelWidth == 0;
+    return StepWeight{weight, transpose, in_place ? weight : panel_gemm::pack(weight, transpose)};
   }
   void matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate) const override {
     if (weight.packed.defined()) {
@@ -178,14 +182,18 @@ class CpuStepKernels final : public StepKernels {
       const int64_t row_blocks = at::divup(out.rows, kRowBlock);
       const int64_t task_macs = std::min(out.rows, kRowBlock) * a.cols * panel_gemm::kPanelWidth;
       const int64_t grain = at::divup(kMinMacsPerTask, std::max<int64_t>(task_macs, 1));
-      const float* packed = weight.packed.const_data_ptr<float>();
+      const bool in_place = weight.packed.is_same(weight.weight);
+      const int64_t k = a.cols, n = out.cols;
+      const panel_gemm::Panels panels_at{weight.packed.const_data_ptr<float>(),
+                                         in_place ? panel_gemm::kPanelWidth : k * panel_gemm::kPanelWidth,
+                                         in_place ? n : panel_gemm::kPanelWidth};
       at::parallel_for(0, row_blocks * panels, grain, [&](int64_t first, int64_t last) {
         for (int64_t task = first; task < last;) {
           const int64_t block = task / panels, panel = task % panels;
           const int64_t panel_end = std::min(panels, panel + (last - task));  // this block's panels in range
           const int64_t row = block * kRowBlock, rows = std::min(kRowBlock, out.rows - row);
-          panel_gemm::gemm_panels(a.sub(row, rows).ptr<float>(), rows, a.cols, packed, out.sub(row, rows).ptr<float>(),
-                                  out.cols, accumulate, panel, panel_end);
+          panel_gemm::gemm_panels(a.sub(row, rows).ptr<float>(), rows, k, panels_at, out.sub(row, rows).ptr<float>(),
+                                  n, accumulate, panel, panel_end);
           task += panel_end - panel;
         }
       });
