@@ -173,7 +173,10 @@ class CpuStepKernels final : public StepKernels {
     return StepWeight{weight, transpose, in_place ? weight : panel_gemm::pack(weight, transpose)};
   }
   void matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate) const override {
-    if (weight.packed.defined()) {
+    // A long product outside the chunks (grad_input, k = 4H) with a deep panel goes to BLAS, which
+    // blocks k and keeps its packed panels in cache; our kernel reads a panel per 6 rows from L2.
+    const bool deep_and_long = a.cols > kMaxPanelDepth && out.rows > kRowBlock && !at::in_parallel_region();
+    if (weight.packed.defined() && !deep_and_long) {
       // Tasks of (block of rows, panel), row block major: a thread's run of tasks keeps its rows of `a`
       // in cache while the panels pass. Inside a batch chunk this runs on the chunk's thread; outside
       // (the input projections, or one chunk of a small batch) the tasks are split over the threads
@@ -221,6 +224,7 @@ class CpuStepKernels final : public StepKernels {
  private:
   static constexpr int64_t kMinChunkRows = 1;
   static constexpr int64_t kMinMacsPerTask = 32768;
+  static constexpr int64_t kMaxPanelDepth = 1024;  // a 64 KiB panel: fits L2 (measured: H=256 wins, 512 loses)
   static constexpr int64_t kRowBlock = 96;  // rows of `a` kept in cache across panels: 16 register blocks
 };
 
