@@ -1,6 +1,8 @@
 // lstm_recurrence.h -- the forward and backward time loops of one LSTM layer and direction, written
-// once over ATen ops for every device. GEMMs stay in ATen (MKL/oneDNN on the CPU, cuBLAS on the current
-// stream on CUDA); the per-step pointwise pass is the device's StepKernels.
+// once for every device. What runs inside a step (the products with the weights, the fused pointwise
+// pass) and how the batch is split into independent chunks is the device's StepKernels; the weight
+// gradients are ATen GEMMs after the loop. Steps are carved out of the buffers as RowBlocks (pointers),
+// not tensor views, which cost more than a small step's arithmetic.
 //
 // Sequences are rows, step after step (sequence_layout.h), so one loop serves padded batches and
 // PackedSequences: at step t only the first batch_sizes[t] rows are live, and the GEMM and the pointwise
