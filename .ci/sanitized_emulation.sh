@@ -25,9 +25,9 @@ spec.loader.exec_module(_build)
 sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
 start = time.time()
 module_path = cpp_extension.load(
-    name="_C", sources=_build.sources(with_cuda=False), extra_cflags=["-O1"] + _build.openmp_flags() + sanitize,
-    extra_ldflags=_build.link_args() + sanitize, build_directory=sys.argv[1], is_python_module=False, is_standalone=False,
-    verbose=False)
+    name="_C", sources=_build.sources(with_cuda=False),
+    extra_cflags=["-O1"] + _build.openmp_flags() + sanitize, extra_ldflags=_build.link_args() + sanitize,
+    build_directory=sys.argv[1], is_python_module=False, is_standalone=False, verbose=False)
 print(f"built in {time.time() - start:.0f} s")
 PYEOF
 

@@ -59,10 +59,6 @@ int64_t inference_block_steps(int64_t batch, int64_t gate_row_bytes, int64_t ste
   return std::clamp(kBlockBytes / step_bytes, int64_t{1}, std::max<int64_t>(steps, 1));
 }
 
-at::Tensor as_tensor(const RowBlock& block, const at::TensorOptions& options) {
-  return at::from_blob(block.data, {block.rows, block.cols}, options);
-}
-
 // sum over steps of dG[t]^T h_{t-1}, as one GEMM over all rows.
 at::Tensor recurrent_weight_grad(const SequenceLayout& layout, const at::Tensor& grad_gates, const at::Tensor& output,
                                  const at::Tensor& h0, bool reverse) {
@@ -108,7 +104,7 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   // into one buffer used block after block, which stays in cache (a large fresh buffer also costs a
   // page fault per 4 KiB on every call).
   const at::Tensor bias = weights.bias_ih.defined() ? weights.bias_ih + weights.bias_hh : at::Tensor();
-  StepWeight weight_ih = steps.prepare_weight(weights.weight_ih, /*transpose=*/true, N);
+  StepWeight weight_ih = steps.prepare_weight(weights.weight_ih, /*transpose=*/true);
   const int64_t block_steps = training ? T : inference_block_steps(B, 4 * H * input.element_size(), T);
   at::Tensor gates = at::empty({training ? N : std::min(N, block_steps * B), 4 * H}, options);
 
@@ -127,7 +123,7 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   const RowBlock unprojected_rows = row_block(unprojected);
   StepWeight weight_hh;  // prepared after the (in training, only) input projection, which frees W_ih's copy
   const StepWeight weight_hr =
-      projected ? steps.prepare_weight(weights.weight_hr, /*transpose=*/true, B) : StepWeight{};
+      projected ? steps.prepare_weight(weights.weight_hr, /*transpose=*/true) : StepWeight{};
   for (int64_t block_first = 0; block_first < T; block_first += block_steps) {
     // The block's steps [block_first, block_last) in the direction's order are steps [t_begin, t_end) in
     // time, and rows [row_begin, row_end) of the sequence, rows [0, row_end - row_begin) of `gates`.
@@ -145,7 +141,7 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
       weight_ih = StepWeight{};  // a backend's prepared copy is freed as soon as it is done with
     }
     if (block_first == 0) {
-      weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/true, B);
+      weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/true);
     }
     steps.for_each_batch_chunk(B, [&](const BatchChunk& chunk) {
       for (int64_t step = block_first; step < block_last; ++step) {
@@ -231,9 +227,9 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
   const RowBlock all_grad_h_total = row_block(grad_h_total), grad_unprojected_rows = row_block(grad_unprojected);
   const RowBlock no_grad_h_rows = row_block(no_grad_h), c0_rows = row_block(c0);
   const RowBlock all_gates = row_block(saved.gates), all_c = row_block(saved.cells);
-  StepWeight weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/false, B);
+  StepWeight weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/false);
   const StepWeight weight_hr =
-      projected ? steps.prepare_weight(weights.weight_hr, /*transpose=*/false, B) : StepWeight{};
+      projected ? steps.prepare_weight(weights.weight_hr, /*transpose=*/false) : StepWeight{};
   steps.for_each_batch_chunk(B, [&](const BatchChunk& chunk) {
     for (int64_t step = 0; step < T; ++step) {
       const int64_t t = reverse ? step : T - 1 - step;
@@ -271,7 +267,7 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
   LayerBackwardResult result;
   if (need_grad_input) {
     result.grad_input = at::empty({N, input.size(1)}, options);
-    const StepWeight weight_ih = steps.prepare_weight(weights.weight_ih, /*transpose=*/false, N);
+    const StepWeight weight_ih = steps.prepare_weight(weights.weight_ih, /*transpose=*/false);
     steps.matmul(row_block(result.grad_input), all_grad_gates, weight_ih, /*accumulate=*/false);
   } else {
     result.grad_input = at::empty({0}, options);

@@ -15,13 +15,11 @@ RowBlock row_block(const at::Tensor& t) {
   return {static_cast<char*>(t.data_ptr()), t.size(0), t.size(1), static_cast<int64_t>(t.element_size())};
 }
 
-namespace {
 at::Tensor as_tensor(const RowBlock& block, const at::TensorOptions& options) {
   return at::from_blob(block.data, {block.rows, block.cols}, options);
 }
-}  // namespace
 
-StepWeight StepKernels::prepare_weight(const at::Tensor& weight, bool transpose, int64_t /*max_rows*/) const {
+StepWeight StepKernels::prepare_weight(const at::Tensor& weight, bool transpose) const {
   return StepWeight{weight, transpose, at::Tensor()};
 }
 

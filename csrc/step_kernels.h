@@ -34,6 +34,9 @@ struct RowBlock {
 // placeholder (the empty [0] of what a pass does not keep).
 RowBlock row_block(const at::Tensor& t);
 
+// A block as a [rows, cols] tensor over the same memory (no copy), for the ATen calls that need one.
+at::Tensor as_tensor(const RowBlock& block, const at::TensorOptions& options);
+
 // One forward step over the rows of `gates`. Every block has the same rows.
 struct ForwardStepArgs {
   at::ScalarType dtype;
@@ -57,8 +60,8 @@ struct BackwardStepArgs {
 };
 
 // A weight of the per-step matmul, prepared once per pass. `packed` is what the backend made of it
-// (the CPU packs float weights for MKL's packed GEMM, so that no step repacks them), undefined where the
-// backend reads the weight as it is.
+// (the CPU packs float weights into panels for its own GEMM, so that no step repacks them), undefined
+// where the backend reads the weight as it is.
 struct StepWeight {
   at::Tensor weight;  // contiguous, the blocks' dtype and device
   bool transpose;     // the product takes weight^T
@@ -78,8 +81,8 @@ class StepKernels {
   virtual void forward_pointwise(const ForwardStepArgs& args) const = 0;
   virtual void backward_pointwise(const BackwardStepArgs& args) const = 0;
 
-  // The weight for matmul calls of at most max_rows rows. Here the weight as it is.
-  virtual StepWeight prepare_weight(const at::Tensor& weight, bool transpose, int64_t max_rows) const;
+  // The weight as matmul will take it. Here the weight as it is.
+  virtual StepWeight prepare_weight(const at::Tensor& weight, bool transpose) const;
 
   // out = a @ op(weight) (+ out when accumulate), op(weight) = weight^T when weight.transpose. ATen's
   // addmm here (cuBLAS on the current stream on CUDA); a backend overrides it where a thinner call pays

@@ -162,10 +162,10 @@ class CpuStepKernels final : public StepKernels {
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, args.dtype, "lstm_ext_cpu_backward_step",
                                    [&] { backward_step<scalar_t>(args); });
   }
-  // Float weights packed for panel_gemm where the CPU has the vector width it is written for; BLAS
-  // (double) or ATen (bfloat16) otherwise.
-  // A weight that is already in panels (op(W) = W with whole panels) is its own `packed`: no copy.
-  StepWeight prepare_weight(const at::Tensor& weight, bool transpose, int64_t /*max_rows*/) const override {
+  // Float weights packed for panel_gemm where the CPU has the vector width it is written for (a weight
+  // already in panels, op(W) = W with whole panels, is its own `packed`: no copy); BLAS (double) or
+  // ATen (bfloat16) otherwise.
+  StepWeight prepare_weight(const at::Tensor& weight, bool transpose) const override {
     if (!kPanelGemm || weight.scalar_type() != at::kFloat) {
       return StepWeight{weight, transpose, at::Tensor()};
     }
@@ -209,7 +209,7 @@ class CpuStepKernels final : public StepKernels {
   // A chunk per thread, each running all its steps with single-threaded GEMMs and pointwise passes
   // (nested parallelism is off): no thread wakes up or waits per step.
   void for_each_batch_chunk(int64_t batch, const BatchChunkFn& fn) const override {
-    const int64_t chunks = std::min<int64_t>(at::get_num_threads(), batch / kMinChunkRows);
+    const int64_t chunks = std::min<int64_t>(at::get_num_threads(), batch);
     if (chunks <= 1 || at::in_parallel_region()) {
       fn(BatchChunk{0, batch});
       return;
@@ -222,7 +222,6 @@ class CpuStepKernels final : public StepKernels {
   }
 
  private:
-  static constexpr int64_t kMinChunkRows = 1;
   static constexpr int64_t kMinMacsPerTask = 32768;
   static constexpr int64_t kMaxPanelDepth = 1024;  // a 64 KiB panel: fits L2 (measured: H=256 wins, 512 loses)
   static constexpr int64_t kRowBlock = 96;  // rows of `a` kept in cache across panels: 16 register blocks

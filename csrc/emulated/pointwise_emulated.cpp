@@ -73,8 +73,7 @@ LayerBackwardTuple emulated_backward(const at::Tensor& grad_output, const at::Te
                                      const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& output,
                                      const at::Tensor& gates, const at::Tensor& cells, const at::Tensor& unprojected,
                                      bool reverse, bool has_bias, bool need_grad_input, int64_t threads_per_block,
-                                     int64_t max_blocks,
-                                     bool force_64bit_index, bool reverse_launch_order) {
+                                     int64_t max_blocks, bool force_64bit_index, bool reverse_launch_order) {
   const auto steps =
       make_steps(kBackwardOp, threads_per_block, max_blocks, force_64bit_index, reverse_launch_order);
   return run_layer_backward(kBackwardOp, steps, grad_output, grad_h_n, grad_c_n, input, batch_sizes, weight_ih,
