@@ -2,7 +2,7 @@
 // a time step has. MKL's GEMM repacks W on every call and, at 4-8 rows, reaches a third of a core's
 // peak on the machines measured (benchmarks/README.md); here W is packed once per pass into panels of
 // kPanelWidth columns ([k][kPanelWidth] each, zero-padded at the end), and each block of up to kMaxRows
-// rows by one panel is summed over k in registers, a panel row feeding kMaxRows rows of FMAs.
+// rows by one panel (or, for the last few rows, a few panels) is summed over k in registers.
 //
 // Every output element is one running sum over k in increasing order, whatever m is, so results do not
 // depend on how the batch is split into chunks. Part of pointwise_cpu_kernels.h's variants: include only
@@ -45,7 +45,24 @@ inline at::Tensor pack(const at::Tensor& weight, bool transpose) {
       if (cols < kPanelWidth) {
         std::fill_n(panel, k * kPanelWidth, 0.f);
       }
-      if (transpose) {  // op(W)[kk][col] = W[col][kk]: read each of the panel's rows of W along kk
+      if (transpose && cols == kPanelWidth) {
+        // op(W)[kk][col] = W[col][kk] by 8 x 8 register transposes of the panel's rows of W (a scalar
+        // scatter was a fifth of a small layer's forward), the last k % 8 one at a time.
+        constexpr int64_t kTile = 8;
+        const float* w_rows = w + col0 * k;
+        int64_t kk = 0;
+        for (; kk + kTile <= k; kk += kTile) {
+          for (int64_t j = 0; j < kPanelWidth; j += kTile) {
+            at::vec::transpose_mxn<float, kTile, kTile>(w_rows + j * k + kk, k, panel + kk * kPanelWidth + j,
+                                                        kPanelWidth);
+          }
+        }
+        for (; kk < k; ++kk) {
+          for (int64_t j = 0; j < kPanelWidth; ++j) {
+            panel[kk * kPanelWidth + j] = w_rows[j * k + kk];
+          }
+        }
+      } else if (transpose) {  // a partial panel: each of its rows of W along kk
         for (int64_t j = 0; j < cols; ++j) {
           const float* w_row = w + (col0 + j) * k;
           for (int64_t kk = 0; kk < k; ++kk) {
@@ -71,48 +88,96 @@ struct Panels {
   int64_t row_stride;
 };
 
-// kRows rows of out (row stride ldc) by one panel's kPanelWidth columns.
-template <int kRows>
-inline void block(const float* a, int64_t lda, const float* panel, int64_t ldp, int64_t k, float* out,
-                  int64_t ldc, bool accumulate) {
-  Vec acc[kRows][2];
-#pragma GCC unroll 6
-  for (int r = 0; r < kRows; ++r) {
-    acc[r][0] = accumulate ? Vec::loadu(out + r * ldc) : Vec(0.f);
-    acc[r][1] = accumulate ? Vec::loadu(out + r * ldc + Vec::size()) : Vec(0.f);
+// kRows rows of out (row stride ldc) by kPanels adjacent panels (kPanels * kPanelWidth columns). A
+// block's accumulators are its only independent FMA chains: few rows (a step of a small batch) take
+// several panels at once, so that the chains hide the FMA latency instead of waiting on it.
+template <int kRows, int kPanels>
+inline void block(const float* a, int64_t lda, const Panels& w, int64_t panel, int64_t k, float* out, int64_t ldc,
+                  bool accumulate) {
+  static_assert(kRows * kPanels <= kMaxRows && (kPanels == 1 || kRows <= 3), "16 AVX2 registers at most");
+  Vec acc[kRows][2 * kPanels];
+  const float* panels[kPanels];
+#pragma GCC unroll 16
+  for (int q = 0; q < kPanels; ++q) {
+    panels[q] = w.data + (panel + q) * w.panel_stride;
   }
-  for (int64_t kk = 0; kk < k; ++kk) {
-    const Vec w0 = Vec::loadu(panel + kk * ldp);
-    const Vec w1 = Vec::loadu(panel + kk * ldp + Vec::size());
-#pragma GCC unroll 6
-    for (int r = 0; r < kRows; ++r) {
-      const Vec ar(a[r * lda + kk]);
-      acc[r][0] = at::vec::fmadd(ar, w0, acc[r][0]);
-      acc[r][1] = at::vec::fmadd(ar, w1, acc[r][1]);
+#pragma GCC unroll 16
+  for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 16
+    for (int v = 0; v < 2 * kPanels; ++v) {
+      acc[r][v] = accumulate ? Vec::loadu(out + r * ldc + v * Vec::size()) : Vec(0.f);
     }
   }
-#pragma GCC unroll 6
+  for (int64_t kk = 0; kk < k; ++kk) {
+    // Registers: the accumulators, then one panel vector and a broadcast per row (several panels), or two
+    // panel vectors and one broadcast (one panel): at most 16.
+    if constexpr (kPanels == 1) {
+      const Vec w0 = Vec::loadu(panels[0] + kk * w.row_stride);
+      const Vec w1 = Vec::loadu(panels[0] + kk * w.row_stride + Vec::size());
+#pragma GCC unroll 16
+      for (int r = 0; r < kRows; ++r) {
+        const Vec ar(a[r * lda + kk]);
+        acc[r][0] = at::vec::fmadd(ar, w0, acc[r][0]);
+        acc[r][1] = at::vec::fmadd(ar, w1, acc[r][1]);
+      }
+    } else {
+      Vec ar[kRows];
+#pragma GCC unroll 16
+      for (int r = 0; r < kRows; ++r) {
+        ar[r] = Vec(a[r * lda + kk]);
+      }
+#pragma GCC unroll 16
+      for (int v = 0; v < 2 * kPanels; ++v) {
+        const Vec wv = Vec::loadu(panels[v / 2] + kk * w.row_stride + (v % 2) * Vec::size());
+#pragma GCC unroll 16
+        for (int r = 0; r < kRows; ++r) {
+          acc[r][v] = at::vec::fmadd(ar[r], wv, acc[r][v]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 16
   for (int r = 0; r < kRows; ++r) {
-    acc[r][0].store(out + r * ldc);
-    acc[r][1].store(out + r * ldc + Vec::size());
+#pragma GCC unroll 16
+    for (int v = 0; v < 2 * kPanels; ++v) {
+      acc[r][v].store(out + r * ldc + v * Vec::size());
+    }
   }
 }
 
-// Rows [0, rows) of one panel, in blocks of kMaxRows and one smaller block.
-inline void panel_rows(const float* a, int64_t lda, const float* panel, int64_t ldp, int64_t k, float* out,
-                       int64_t ldc, int64_t rows, bool accumulate) {
-  int64_t r = 0;
-  for (; r + kMaxRows <= rows; r += kMaxRows) {
-    block<kMaxRows>(a + r * lda, lda, panel, ldp, k, out + r * ldc, ldc, accumulate);
+// kRows rows by panels [first, last): kPanels at a time, the rest in one narrower block.
+template <int kRows, int kPanels>
+inline void rows_by_panels(const float* a, int64_t lda, const Panels& w, int64_t first, int64_t last, int64_t k,
+                           float* out, int64_t ldc, bool accumulate) {
+  int64_t p = first;
+  for (; p + kPanels <= last; p += kPanels) {
+    block<kRows, kPanels>(a, lda, w, p, k, out + p * kPanelWidth, ldc, accumulate);
   }
-  const float* a_rest = a + r * lda;
-  float* out_rest = out + r * ldc;
-  switch (rows - r) {
-    case 5: block<5>(a_rest, lda, panel, ldp, k, out_rest, ldc, accumulate); break;
-    case 4: block<4>(a_rest, lda, panel, ldp, k, out_rest, ldc, accumulate); break;
-    case 3: block<3>(a_rest, lda, panel, ldp, k, out_rest, ldc, accumulate); break;
-    case 2: block<2>(a_rest, lda, panel, ldp, k, out_rest, ldc, accumulate); break;
-    case 1: block<1>(a_rest, lda, panel, ldp, k, out_rest, ldc, accumulate); break;
+  if constexpr (kPanels > 1) {
+    rows_by_panels<kRows, kPanels - 1>(a, lda, w, p, last, k, out, ldc, accumulate);
+  }
+}
+
+// Rows [0, rows) by panels [first, last); out points at column 0 of row 0. Blocks of kMaxRows rows panel
+// by panel, so that a panel stays in L1 while the blocks pass; the last rows (fewer than kMaxRows) by
+// several panels per block. Each output element is the same running sum over k in increasing order in
+// every block shape.
+inline void panel_rows(const float* a, int64_t lda, const Panels& w, int64_t first, int64_t last, int64_t k,
+                       float* out, int64_t ldc, int64_t rows, bool accumulate) {
+  const int64_t full_rows = rows / kMaxRows * kMaxRows;
+  for (int64_t p = first; p < last; ++p) {
+    for (int64_t r = 0; r < full_rows; r += kMaxRows) {
+      block<kMaxRows, 1>(a + r * lda, lda, w, p, k, out + r * ldc + p * kPanelWidth, ldc, accumulate);
+    }
+  }
+  const float* a_rest = a + full_rows * lda;
+  float* out_rest = out + full_rows * ldc;
+  switch (rows - full_rows) {
+    case 5: rows_by_panels<5, 1>(a_rest, lda, w, first, last, k, out_rest, ldc, accumulate); break;
+    case 4: rows_by_panels<4, 1>(a_rest, lda, w, first, last, k, out_rest, ldc, accumulate); break;
+    case 3: rows_by_panels<3, 2>(a_rest, lda, w, first, last, k, out_rest, ldc, accumulate); break;
+    case 2: rows_by_panels<2, 3>(a_rest, lda, w, first, last, k, out_rest, ldc, accumulate); break;
+    case 1: rows_by_panels<1, 6>(a_rest, lda, w, first, last, k, out_rest, ldc, accumulate); break;
     default: break;
   }
 }
@@ -123,9 +188,8 @@ inline void panel_rows(const float* a, int64_t lda, const float* panel, int64_t 
 inline void gemm_panels(const float* a, int64_t m, int64_t k, const Panels& w, float* out, int64_t n,
                         bool accumulate, int64_t first, int64_t last) {
   const int64_t full_panels = std::min(last, n / kPanelWidth);
-  // Panel by panel, so each panel stays in L1 for all the rows.
-  for (int64_t p = first; p < full_panels; ++p) {
-    panel_rows(a, k, w.data + p * w.panel_stride, w.row_stride, k, out + p * kPanelWidth, n, m, accumulate);
+  if (first < full_panels) {
+    panel_rows(a, k, w, first, full_panels, k, out, n, m, accumulate);
   }
   const int64_t tail = n - full_panels * kPanelWidth;
   if (tail == 0 || last < panel_count(n)) {
@@ -134,7 +198,7 @@ inline void gemm_panels(const float* a, int64_t m, int64_t k, const Panels& w, f
   // The last, partial panel through a kPanelWidth-wide copy of its columns: the zero padding of the
   // panel makes the extra columns 0 (or what was copied in), and only the real ones are copied back.
   float staged[kMaxRows * kPanelWidth];
-  const float* panel = w.data + full_panels * w.panel_stride;
+  const Panels last_panel{w.data + full_panels * w.panel_stride, 0, w.row_stride};
   for (int64_t r0 = 0; r0 < m; r0 += kMaxRows) {
     const int64_t rows = std::min<int64_t>(kMaxRows, m - r0);
     float* out_cols = out + r0 * n + full_panels * kPanelWidth;
@@ -144,7 +208,7 @@ inline void gemm_panels(const float* a, int64_t m, int64_t k, const Panels& w, f
         std::copy_n(out_cols + r * n, tail, staged + r * kPanelWidth);
       }
     }
-    panel_rows(a + r0 * k, k, panel, w.row_stride, k, staged, kPanelWidth, rows, accumulate);
+    panel_rows(a + r0 * k, k, last_panel, 0, 1, k, staged, kPanelWidth, rows, accumulate);
     for (int64_t r = 0; r < rows; ++r) {
       std::copy_n(staged + r * kPanelWidth, tail, out_cols + r * n);
     }
