@@ -24,6 +24,8 @@ using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kPanelWidth = 2 * Vec::size();
 constexpr int kMaxRows = 6;  // 6 x 2 accumulators, 2 panel vectors and a broadcast: 15 of 16 AVX2 registers
 
+constexpr int64_t kDepthBlock = 256;  // k per pass over the panels (see panel_rows)
+
 inline int64_t panel_count(int64_t n) {
   return (n + kPanelWidth - 1) / kPanelWidth;
 }
@@ -164,21 +166,31 @@ inline void rows_by_panels(const float* a, int64_t lda, const Panels& w, int64_t
 // every block shape.
 inline void panel_rows(const float* a, int64_t lda, const Panels& w, int64_t first, int64_t last, int64_t k,
                        float* out, int64_t ldc, int64_t rows, bool accumulate) {
-  const int64_t full_rows = rows / kMaxRows * kMaxRows;
-  for (int64_t p = first; p < last; ++p) {
-    for (int64_t r = 0; r < full_rows; r += kMaxRows) {
-      block<kMaxRows, 1>(a + r * lda, lda, w, p, k, out + r * ldc + p * kPanelWidth, ldc, accumulate);
+  // k in blocks of kDepthBlock: a block's slice of a panel (16 KiB) and of kMaxRows rows of a stay in
+  // L1 together, where a whole deep panel would not. Between blocks the sums go through out as the
+  // float32 they are, so each is still one running sum over k in increasing order. At least one block,
+  // so that k = 0 still writes the zeros.
+  for (int64_t kb = 0; kb == 0 || kb < k; kb += kDepthBlock) {
+    const int64_t depth = std::min(kDepthBlock, k - kb);
+    const Panels wk{w.data + kb * w.row_stride, w.panel_stride, w.row_stride};
+    const float* ak = a + kb;
+    const bool acc = accumulate || kb > 0;
+    const int64_t full_rows = rows / kMaxRows * kMaxRows;
+    for (int64_t p = first; p < last; ++p) {
+      for (int64_t r = 0; r < full_rows; r += kMaxRows) {
+        block<kMaxRows, 1>(ak + r * lda, lda, wk, p, depth, out + r * ldc + p * kPanelWidth, ldc, acc);
+      }
     }
-  }
-  const float* a_rest = a + full_rows * lda;
-  float* out_rest = out + full_rows * ldc;
-  switch (rows - full_rows) {
-    case 5: rows_by_panels<5, 1>(a_rest, lda, w, first, last, k, out_rest, ldc, accumulate); break;
-    case 4: rows_by_panels<4, 1>(a_rest, lda, w, first, last, k, out_rest, ldc, accumulate); break;
-    case 3: rows_by_panels<3, 2>(a_rest, lda, w, first, last, k, out_rest, ldc, accumulate); break;
-    case 2: rows_by_panels<2, 3>(a_rest, lda, w, first, last, k, out_rest, ldc, accumulate); break;
-    case 1: rows_by_panels<1, 6>(a_rest, lda, w, first, last, k, out_rest, ldc, accumulate); break;
-    default: break;
+    const float* a_rest = ak + full_rows * lda;
+    float* out_rest = out + full_rows * ldc;
+    switch (rows - full_rows) {
+      case 5: rows_by_panels<5, 1>(a_rest, lda, wk, first, last, depth, out_rest, ldc, acc); break;
+      case 4: rows_by_panels<4, 1>(a_rest, lda, wk, first, last, depth, out_rest, ldc, acc); break;
+      case 3: rows_by_panels<3, 2>(a_rest, lda, wk, first, last, depth, out_rest, ldc, acc); break;
+      case 2: rows_by_panels<2, 3>(a_rest, lda, wk, first, last, depth, out_rest, ldc, acc); break;
+      case 1: rows_by_panels<1, 6>(a_rest, lda, wk, first, last, depth, out_rest, ldc, acc); break;
+      default: break;
+    }
   }
 }
 

@@ -173,8 +173,8 @@ class CpuStepKernels final : public StepKernels {
     return StepWeight{weight, transpose, in_place ? weight : panel_gemm::pack(weight, transpose)};
   }
   void matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate) const override {
-    // A long product outside the chunks (grad_input, k = 4H) with a deep panel goes to BLAS, which
-    // blocks k and keeps its packed panels in cache; our kernel reads a panel per 6 rows from L2.
+    // A long product outside the chunks (grad_input, k = 4H) with a deep panel goes to BLAS: measured
+    // faster before panel_gemm blocked k; since then the two are within this machine's noise at H=512.
     const bool deep_and_long = a.cols > kMaxPanelDepth && out.rows > kRowBlock && !at::in_parallel_region();
     if (weight.packed.defined() && !deep_and_long) {
       // Tasks of (block of rows, panel), row block major: a thread's run of tasks keeps its rows of `a`
