@@ -54,11 +54,12 @@ def test_float32_long_sequence(device):
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 6, 7, 13])
-@pytest.mark.parametrize("input_size,hidden_size", [(21, 27), (40, 40)], ids=["I21H27", "I40H40"])
+@pytest.mark.parametrize("input_size,hidden_size", [(21, 27), (40, 40), (517, 131)], ids=["I21H27", "I40H40", "I517H131"])
 def test_float32_gemm_block_shapes(device, batch, input_size, hidden_size):
     # The CPU's float32 GEMM takes a step's rows in register blocks whose shape depends on the row count
     # (each thread's share of the batch) and the panel count (4H / 16, a partial last one for H=27); I=21
-    # leaves a tail after the 8 x 8 transposes that pack W_ih. Every shape must give nn.LSTM's numbers.
+    # leaves a tail after the 8 x 8 transposes that pack W_ih; I=517 and 4H=524 take k in two blocks (the
+    # input projection and the backward's products). Every shape must give nn.LSTM's numbers.
     assert_equal_to_nn_lstm(Config(seq_len=3, batch=batch, input_size=input_size, hidden_size=hidden_size,
                                    given_state=True), torch.float32, device)
 
