@@ -54,7 +54,8 @@ def test_float32_long_sequence(device):
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 6, 7, 13])
-@pytest.mark.parametrize("input_size,hidden_size", [(21, 27), (40, 40), (517, 131)], ids=["I21H27", "I40H40", "I517H131"])
+@pytest.mark.parametrize("input_size,hidden_size", [(21, 27), (40, 40), (517, 131)],
+                         ids=["I21H27", "I40H40", "I517H131"])
 def test_float32_gemm_block_shapes(device, batch, input_size, hidden_size):
     # The CPU's float32 GEMM takes a step's rows in register blocks whose shape depends on the row count
     # (each thread's share of the batch) and the panel count (4H / 16, a partial last one for H=27); I=21
