@@ -102,11 +102,16 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   // 1. The input projection of the steps, both biases folded in: in training all steps in one GEMM,
   // into the gates it keeps for the backward; in inference, which keeps none, a block of steps at a time
   // into one buffer used block after block, which stays in cache (a large fresh buffer also costs a
-  // page fault per 4 KiB on every call).
+  // page fault per 4 KiB on every call), or, where the backend says so, each chunk's rows of a step
+  // right before the step, into one [B, 4H] buffer. Every way gives each gate the same sum in the same
+  // order: the bias, then x_t W_ih^T, then h_{t-1} W_hh^T.
   const at::Tensor bias = weights.bias_ih.defined() ? weights.bias_ih + weights.bias_hh : at::Tensor();
   StepWeight weight_ih = steps.prepare_weight(weights.weight_ih, /*transpose=*/true);
-  const int64_t block_steps = training ? T : inference_block_steps(B, 4 * H * input.element_size(), T);
-  at::Tensor gates = at::empty({training ? N : std::min(N, block_steps * B), 4 * H}, options);
+  const bool project_in_chunks = !training && steps.project_input_in_chunks(B, input.size(1), 4 * H);
+  const int64_t block_steps =
+      training || project_in_chunks ? T : inference_block_steps(B, 4 * H * input.element_size(), T);
+  const int64_t gate_rows = training ? N : (project_in_chunks ? B : std::min(N, block_steps * B));
+  at::Tensor gates = at::empty({gate_rows, 4 * H}, options);
 
   // 2. Per step: the recurrent GEMM accumulated into the step's own rows, then the fused pass. In
   // training the pass leaves the activated gates in place and c_t in `cells`; in inference c is updated
@@ -120,7 +125,7 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   const at::ScalarType dtype = input.scalar_type();
   const RowBlock gates_rows = row_block(gates), all_h = row_block(output), all_c = row_block(cells);
   const RowBlock h0_rows = row_block(h0), c0_rows = row_block(c0), c_rows = row_block(c_state);
-  const RowBlock unprojected_rows = row_block(unprojected);
+  const RowBlock unprojected_rows = row_block(unprojected), input_rows = row_block(input);
   StepWeight weight_hh;  // prepared after the (in training, only) input projection, which frees W_ih's copy
   const StepWeight weight_hr =
       projected ? steps.prepare_weight(weights.weight_hr, /*transpose=*/true) : StepWeight{};
@@ -132,13 +137,15 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
     const int64_t row_begin = layout.offsets[t_begin];
     const int64_t row_end = layout.offsets[t_end - 1] + layout.batch_sizes[t_end - 1];
     const int64_t block_rows = row_end - row_begin;
-    if (bias.defined()) {
-      gates.narrow(0, 0, block_rows).copy_(bias.expand({block_rows, 4 * H}));
-    }
-    steps.matmul(gates_rows.sub(0, block_rows), row_block(input).sub(row_begin, block_rows), weight_ih,
-                 /*accumulate=*/bias.defined());
-    if (block_last == T) {
-      weight_ih = StepWeight{};  // a backend's prepared copy is freed as soon as it is done with
+    if (!project_in_chunks) {
+      if (bias.defined()) {
+        gates.narrow(0, 0, block_rows).copy_(bias.expand({block_rows, 4 * H}));
+      }
+      steps.matmul(gates_rows.sub(0, block_rows), input_rows.sub(row_begin, block_rows), weight_ih,
+                   /*accumulate=*/bias.defined());
+      if (block_last == T) {
+        weight_ih = StepWeight{};  // a backend's prepared copy is freed as soon as it is done with
+      }
     }
     if (block_first == 0) {
       weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/true);
@@ -150,7 +157,13 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
         if (s.rows == 0) {
           continue;
         }
-        const RowBlock gates_t = gates_rows.sub(s.offset - row_begin, s.rows);
+        const RowBlock gates_t = gates_rows.sub(project_in_chunks ? s.sequence : s.offset - row_begin, s.rows);
+        if (project_in_chunks) {
+          if (bias.defined()) {
+            as_tensor(gates_t, options).copy_(bias.expand({s.rows, 4 * H}));
+          }
+          steps.matmul(gates_t, input_rows.sub(s.offset, s.rows), weight_ih, /*accumulate=*/bias.defined());
+        }
         for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
           steps.matmul(gates_t.sub(first, count), previous_rows(s, all_h, h0_rows, first, count, from_prev),
                        weight_hh, /*accumulate=*/true);

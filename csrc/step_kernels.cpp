@@ -45,4 +45,8 @@ void StepKernels::for_each_batch_chunk(int64_t batch, const BatchChunkFn& fn) co
   fn(BatchChunk{0, batch});
 }
 
+bool StepKernels::project_input_in_chunks(int64_t /*batch*/, int64_t /*input_size*/, int64_t /*gate_width*/) const {
+  return false;
+}
+
 }  // namespace lstm_ext

@@ -93,6 +93,13 @@ class StepKernels {
   // interact within a layer, so chunks may run concurrently, each its whole recurrence. Here one chunk:
   // a GPU parallelises within a step; the CPU runs a chunk per thread, with no per-step synchronisation.
   virtual void for_each_batch_chunk(int64_t batch, const BatchChunkFn& fn) const;
+
+  // Whether an inference forward over `batch` sequences ([*, input_size] in, [*, gate_width] gates)
+  // projects each step's input inside the batch chunks, right before the step, instead of a block of
+  // steps at a time before them. Here no: one large GEMM is what a GPU wants. The CPU does when its
+  // chunks have enough work per step: no wait between the projection and the steps, and the step's
+  // gates stay in cache.
+  virtual bool project_input_in_chunks(int64_t batch, int64_t input_size, int64_t gate_width) const;
 };
 
 const StepKernels& cpu_step_kernels();

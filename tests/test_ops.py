@@ -131,8 +131,19 @@ def test_backward_after_inference_forward_is_a_clear_error(device):
         output.sum().backward()
 
 
-def test_inference_equals_training_forward(device):
-    args = layer_args(device)
+INFERENCE_CASES = {  # the CPU projects the input per step inside its batch chunks from 8 rows and 2^20 MACs
+    "small": dict(),
+    "f32_chunk_projection": dict(dtype=torch.float32, T=5, B=24, I=160, H=160),
+    "f32_chunk_projection_packed": dict(dtype=torch.float32, I=160, H=160, lengths=[6] * 9 + [4] * 9 + [1] * 6),
+    "f32_chunk_projection_no_bias": dict(dtype=torch.float32, T=3, B=24, I=160, H=160, bias=False),
+}
+
+
+@pytest.mark.parametrize("case", INFERENCE_CASES)
+def test_inference_equals_training_forward(device, case):
+    # Bitwise: inference projects the input in blocks of steps or per step in chunks, training all at
+    # once; every way sums each gate in the same order.
+    args = layer_args(device, **INFERENCE_CASES[case])
     trained = forward_op(*args, True, True)
     inferred = forward_op(*args, True, False)
     for a, b in zip(trained[:3], inferred[:3]):
