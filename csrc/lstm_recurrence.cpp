@@ -126,6 +126,12 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   const RowBlock gates_rows = row_block(gates), all_h = row_block(output), all_c = row_block(cells);
   const RowBlock h0_rows = row_block(h0), c0_rows = row_block(c0), c_rows = row_block(c_state);
   const RowBlock unprojected_rows = row_block(unprojected), input_rows = row_block(input);
+  const auto project_input = [&](const RowBlock& gates_block, const RowBlock& input_block) {
+    if (bias.defined()) {
+      as_tensor(gates_block, options).copy_(bias.expand({gates_block.rows, 4 * H}));
+    }
+    steps.matmul(gates_block, input_block, weight_ih, /*accumulate=*/bias.defined());
+  };
   StepWeight weight_hh;  // prepared after the (in training, only) input projection, which frees W_ih's copy
   const StepWeight weight_hr =
       projected ? steps.prepare_weight(weights.weight_hr, /*transpose=*/true) : StepWeight{};
@@ -138,11 +144,7 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
     const int64_t row_end = layout.offsets[t_end - 1] + layout.batch_sizes[t_end - 1];
     const int64_t block_rows = row_end - row_begin;
     if (!project_in_chunks) {
-      if (bias.defined()) {
-        gates.narrow(0, 0, block_rows).copy_(bias.expand({block_rows, 4 * H}));
-      }
-      steps.matmul(gates_rows.sub(0, block_rows), input_rows.sub(row_begin, block_rows), weight_ih,
-                   /*accumulate=*/bias.defined());
+      project_input(gates_rows.sub(0, block_rows), input_rows.sub(row_begin, block_rows));
       if (block_last == T) {
         weight_ih = StepWeight{};  // a backend's prepared copy is freed as soon as it is done with
       }
@@ -159,10 +161,7 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
         }
         const RowBlock gates_t = gates_rows.sub(project_in_chunks ? s.sequence : s.offset - row_begin, s.rows);
         if (project_in_chunks) {
-          if (bias.defined()) {
-            as_tensor(gates_t, options).copy_(bias.expand({s.rows, 4 * H}));
-          }
-          steps.matmul(gates_t, input_rows.sub(s.offset, s.rows), weight_ih, /*accumulate=*/bias.defined());
+          project_input(gates_t, input_rows.sub(s.offset, s.rows));
         }
         for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
           steps.matmul(gates_t.sub(first, count), previous_rows(s, all_h, h0_rows, first, count, from_prev),

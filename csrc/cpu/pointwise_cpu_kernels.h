@@ -209,8 +209,8 @@ class CpuStepKernels final : public StepKernels {
   // A chunk per thread, each running all its steps with single-threaded GEMMs and pointwise passes
   // (nested parallelism is off): no thread wakes up or waits per step.
   void for_each_batch_chunk(int64_t batch, const BatchChunkFn& fn) const override {
-    const int64_t chunks = std::min<int64_t>(at::get_num_threads(), batch);
-    if (chunks <= 1 || at::in_parallel_region()) {
+    const int64_t chunks = chunk_count(batch);
+    if (chunks <= 1) {
       fn(BatchChunk{0, batch});
       return;
     }
@@ -221,19 +221,22 @@ class CpuStepKernels final : public StepKernels {
     });
   }
   bool project_input_in_chunks(int64_t batch, int64_t input_size, int64_t gate_width) const override {
-    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), batch));
-    const int64_t rows = batch / chunks;
+    const int64_t rows = batch / chunk_count(batch);
     return rows >= kMinChunkProjectionRows && rows * input_size * gate_width >= kMinChunkProjectionMacs;
   }
 
  private:
+  // How many chunks for_each_batch_chunk splits `batch` into: one per thread, one inside a parallel region.
+  static int64_t chunk_count(int64_t batch) {
+    return at::in_parallel_region() ? 1 : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), batch));
+  }
   // Where a chunk's own per-step input projection pays (measured in one process, 2 threads, inference):
   // T=128, B=32 and 128, H=256: 9-12% faster; T=100, B=64, H=512: 2%; T=128, B=128, H=64: 5%; but
   // T=128, B=32, H=64 (16 rows x 64 x 256 per step) 7% slower, the per-step call costs outweighing it.
   static constexpr int64_t kMinChunkProjectionRows = 8;
   static constexpr int64_t kMinChunkProjectionMacs = int64_t{1} << 20;
   static constexpr int64_t kMinMacsPerTask = 32768;
-  static constexpr int64_t kMaxPanelDepth = 1024;  // a 64 KiB panel: fits L2 (measured: H=256 wins, 512 loses)
+  static constexpr int64_t kMaxPanelDepth = 1024;  // deeper long products go to BLAS (see matmul)
   static constexpr int64_t kRowBlock = 96;  // rows of `a` kept in cache across panels: 16 register blocks
 };
 
