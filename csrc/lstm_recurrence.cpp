@@ -51,6 +51,19 @@ RowBlock previous_rows(const StepRows& s, const RowBlock& per_step, const RowBlo
   return from_previous_step ? per_step.sub(s.prev_offset + first, count) : initial.sub(s.sequence + first, count);
 }
 
+// Calls fn(columns) for the columns of a [*, 4H] gate matrix that units `units` own: one range for all
+// units, else one per gate (i, f, g, o).
+template <typename Fn>
+void for_each_gate_columns(const IndexRange& units, int64_t H, const Fn& fn) {
+  if (units.begin == 0 && units.end == H) {
+    fn(IndexRange{0, 4 * H});
+    return;
+  }
+  for (int64_t gate = 0; gate < 4; ++gate) {
+    fn(IndexRange{gate * H + units.begin, gate * H + units.end});
+  }
+}
+
 // Steps per block of the inference forward's input projection: a block's gates about kBlockBytes, at
 // least one step, at most all of them.
 int64_t inference_block_steps(int64_t batch, int64_t gate_row_bytes, int64_t steps) {
@@ -117,7 +130,8 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   // training the pass leaves the activated gates in place and c_t in `cells`; in inference c is updated
   // in place in one [B, H] buffer, whose rows hold c0 until their sequence starts and the last c after.
   // With a projection the pass writes the unprojected h, and one more GEMM projects it into the output.
-  // Each batch chunk runs all the steps of a block on its own (step_kernels.h).
+  // Each share of the work (a batch chunk, or some units of a batch too small to chunk) runs all the
+  // steps of a block (step_kernels.h).
   at::Tensor output = at::empty({N, P}, options);
   at::Tensor cells = training ? at::empty({N, H}, options) : at::empty({0}, options);
   at::Tensor c_state = training ? at::Tensor() : c0.clone(at::MemoryFormat::Contiguous);
@@ -126,11 +140,13 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   const RowBlock gates_rows = row_block(gates), all_h = row_block(output), all_c = row_block(cells);
   const RowBlock h0_rows = row_block(h0), c0_rows = row_block(c0), c_rows = row_block(c_state);
   const RowBlock unprojected_rows = row_block(unprojected), input_rows = row_block(input);
-  const auto project_input = [&](const RowBlock& gates_block, const RowBlock& input_block) {
+  const auto project_input = [&](const RowBlock& gates_block, const RowBlock& input_block, IndexRange columns) {
     if (bias.defined()) {
-      as_tensor(gates_block, options).copy_(bias.expand({gates_block.rows, 4 * H}));
+      as_tensor(gates_block, options)
+          .narrow(1, columns.begin, columns.size())
+          .copy_(bias.narrow(0, columns.begin, columns.size()).expand({gates_block.rows, columns.size()}));
     }
-    steps.matmul(gates_block, input_block, weight_ih, /*accumulate=*/bias.defined());
+    steps.matmul(gates_block, input_block, weight_ih, /*accumulate=*/bias.defined(), columns);
   };
   StepWeight weight_hh;  // prepared after the (in training, only) input projection, which frees W_ih's copy
   const StepWeight weight_hr =
@@ -144,7 +160,7 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
     const int64_t row_end = layout.offsets[t_end - 1] + layout.batch_sizes[t_end - 1];
     const int64_t block_rows = row_end - row_begin;
     if (!project_in_chunks) {
-      project_input(gates_rows.sub(0, block_rows), input_rows.sub(row_begin, block_rows));
+      project_input(gates_rows.sub(0, block_rows), input_rows.sub(row_begin, block_rows), IndexRange{0, 4 * H});
       if (block_last == T) {
         weight_ih = StepWeight{};  // a backend's prepared copy is freed as soon as it is done with
       }
@@ -152,20 +168,22 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
     if (block_first == 0) {
       weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/true);
     }
-    steps.for_each_batch_chunk(B, [&](const BatchChunk& chunk) {
+    steps.for_each_work_share(B, H, /*may_split_units=*/!projected, [&](const WorkShare& share) {
       for (int64_t step = block_first; step < block_last; ++step) {
         const int64_t t = reverse ? T - 1 - step : step;
-        const StepRows s = step_rows(layout, t, reverse, chunk);
+        const StepRows s = step_rows(layout, t, reverse, share.chunk);
         if (s.rows == 0) {
           continue;
         }
         const RowBlock gates_t = gates_rows.sub(project_in_chunks ? s.sequence : s.offset - row_begin, s.rows);
-        if (project_in_chunks) {
-          project_input(gates_t, input_rows.sub(s.offset, s.rows));
-        }
-        for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
-          steps.matmul(gates_t.sub(first, count), previous_rows(s, all_h, h0_rows, first, count, from_prev),
-                       weight_hh, /*accumulate=*/true);
+        for_each_gate_columns(share.units, H, [&](IndexRange columns) {
+          if (project_in_chunks) {
+            project_input(gates_t, input_rows.sub(s.offset, s.rows), columns);
+          }
+          for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
+            steps.matmul(gates_t.sub(first, count), previous_rows(s, all_h, h0_rows, first, count, from_prev),
+                         weight_hh, /*accumulate=*/true, columns);
+          });
         });
         const RowBlock h_t = all_h.sub(s.offset, s.rows);
         const RowBlock cell_h_t =
@@ -175,15 +193,16 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
             steps.forward_pointwise(ForwardStepArgs{dtype, gates_t.sub(first, count),
                                                     previous_rows(s, all_c, c0_rows, first, count, from_prev),
                                                     cell_h_t.sub(first, count), all_c.sub(s.offset + first, count),
-                                                    true});
+                                                    true, share.units});
           });
         } else {
           const RowBlock c = c_rows.sub(s.sequence, s.rows);
-          steps.forward_pointwise(ForwardStepArgs{dtype, gates_t, c, cell_h_t, c, false});
+          steps.forward_pointwise(ForwardStepArgs{dtype, gates_t, c, cell_h_t, c, false, share.units});
         }
         if (projected) {
           steps.matmul(h_t, cell_h_t, weight_hr, /*accumulate=*/false);
         }
+        share.sync();  // the next step's product reads every unit of h_t
       }
     });
   }
@@ -242,10 +261,12 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
   StepWeight weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/false);
   const StepWeight weight_hr =
       projected ? steps.prepare_weight(weights.weight_hr, /*transpose=*/false) : StepWeight{};
-  steps.for_each_batch_chunk(B, [&](const BatchChunk& chunk) {
+  steps.for_each_work_share(B, H, /*may_split_units=*/!projected, [&](const WorkShare& share) {
+    // dL/dh_{t-1}'s columns this share computes: its units (P = H where units are split).
+    const IndexRange grad_h_columns = projected ? IndexRange{0, P} : share.units;
     for (int64_t step = 0; step < T; ++step) {
       const int64_t t = reverse ? step : T - 1 - step;
-      const StepRows s = step_rows(layout, t, reverse, chunk);
+      const StepRows s = step_rows(layout, t, reverse, share.chunk);
       if (s.rows == 0) {
         continue;
       }
@@ -267,9 +288,11 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
             dtype, all_gates.sub(row, count), all_c.sub(row, count),
             previous_rows(s, all_c, c0_rows, first, count, from_prev), grad_h_out.sub(first, count),
             grad_h_next.sub(first, count), grad_c_rows.sub(s.sequence + first, count),
-            all_grad_gates.sub(row, count)});
+            all_grad_gates.sub(row, count), share.units});
       });
-      steps.matmul(grad_h_live, all_grad_gates.sub(s.offset, s.rows), weight_hh, /*accumulate=*/false);
+      share.sync();  // the product reads every unit's gate gradients of the step
+      steps.matmul(grad_h_live, all_grad_gates.sub(s.offset, s.rows), weight_hh, /*accumulate=*/false,
+                   grad_h_columns);
     }
   });
 

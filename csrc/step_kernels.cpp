@@ -1,5 +1,5 @@
 // step_kernels.cpp -- the default per-step matrix product (ATen's: MKL/oneDNN on the CPU, cuBLAS on the
-// current stream on CUDA) and the default single batch chunk.
+// current stream on CUDA) and the default single share of the work.
 #include "step_kernels.h"
 
 #include <ATen/ATen.h>
@@ -23,16 +23,17 @@ StepWeight StepKernels::prepare_weight(const at::Tensor& weight, bool transpose)
   return StepWeight{weight, transpose, at::Tensor()};
 }
 
-void StepKernels::matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate) const {
-  if (out.rows == 0 || out.cols == 0) {
+void StepKernels::matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate,
+                         IndexRange columns) const {
+  if (out.rows == 0 || columns.size() == 0) {
     return;
   }
   const auto options = weight.weight.options();
   // The blocks alias buffers the op owns; a weight that requires grad would make ATen's autograd
   // refuse an out= product, and no gradient flows through here anyway (the op has its own backward).
   const at::Tensor w = weight.weight.detach();
-  const at::Tensor b = weight.transpose ? w.t() : w;
-  at::Tensor result = as_tensor(out, options);
+  const at::Tensor b = (weight.transpose ? w.t() : w).narrow(1, columns.begin, columns.size());
+  at::Tensor result = as_tensor(out, options).narrow(1, columns.begin, columns.size());
   const at::Tensor lhs = a.cols == 0 ? at::empty({out.rows, 0}, options) : as_tensor(a, options);
   if (accumulate) {
     result.addmm_(lhs, b);
@@ -41,8 +42,9 @@ void StepKernels::matmul(const RowBlock& out, const RowBlock& a, const StepWeigh
   }
 }
 
-void StepKernels::for_each_batch_chunk(int64_t batch, const BatchChunkFn& fn) const {
-  fn(BatchChunk{0, batch});
+void StepKernels::for_each_work_share(int64_t batch, int64_t hidden, bool /*may_split_units*/,
+                                      const WorkShareFn& fn) const {
+  fn(WorkShare{BatchChunk{0, batch}, IndexRange{0, hidden}});
 }
 
 bool StepKernels::project_input_in_chunks(int64_t /*batch*/, int64_t /*input_size*/, int64_t /*gate_width*/) const {

@@ -37,7 +37,14 @@ RowBlock row_block(const at::Tensor& t);
 // A block as a [rows, cols] tensor over the same memory (no copy), for the ATen calls that need one.
 at::Tensor as_tensor(const RowBlock& block, const at::TensorOptions& options);
 
-// One forward step over the rows of `gates`. Every block has the same rows.
+// Indices [begin, end): hidden units, or columns of a matrix.
+struct IndexRange {
+  int64_t begin;
+  int64_t end;
+  int64_t size() const { return end - begin; }
+};
+
+// One forward step over the rows of `gates`, units `units` of each. Every block has the same rows.
 struct ForwardStepArgs {
   at::ScalarType dtype;
   RowBlock gates;   // [B, 4H] in: pre-activations; out: activated gates when keep_gates
@@ -45,9 +52,10 @@ struct ForwardStepArgs {
   RowBlock h;       // [B, H] out: h_t
   RowBlock c;       // [B, H] out: c_t; may alias c_prev (each element is read before it is written)
   bool keep_gates;  // training: leave the activated gates in `gates` for the backward
+  IndexRange units;  // [0, H) but where the backend splits the units of a step (for_each_work_share)
 };
 
-// One backward step over the rows of `gates`. Every block has the same rows.
+// One backward step over the rows of `gates`, units `units` of each. Every block has the same rows.
 struct BackwardStepArgs {
   at::ScalarType dtype;
   RowBlock gates;        // [B, 4H] activated gates kept by the forward
@@ -57,6 +65,7 @@ struct BackwardStepArgs {
   RowBlock grad_h_next;  // [B, H] dL/dh_t arriving from step t+1 (through W_hh)
   RowBlock grad_c;       // [B, H] in: dL/dc_t from step t+1; out: dL/dc_{t-1}, in place
   RowBlock grad_gates;   // [B, 4H] out: dL/d(pre-activation gates)
+  IndexRange units;      // as in ForwardStepArgs
 };
 
 // A weight of the per-step matmul, prepared once per pass. `packed` is what the backend made of it
@@ -73,7 +82,35 @@ struct BatchChunk {
   int64_t begin;
   int64_t end;
 };
-using BatchChunkFn = std::function<void(const BatchChunk&)>;
+
+// Where the shares of one batch chunk meet between the phases of a step (see WorkShare).
+class StepBarrier {
+ public:
+  virtual ~StepBarrier() = default;
+  // Returns once every share of the chunk has arrived; `weight` is how many shares the caller runs.
+  virtual void arrive_and_wait(int64_t weight) const = 0;
+};
+
+// One share of a pass's work: sequences `chunk`, hidden units `units` of them. A share with all units
+// runs its recurrence alone. Shares that split a chunk's units run concurrently, each computing its own
+// units' gate columns and state, and meet at `sync()` where the next phase reads what the others wrote:
+// forward after each step (the next step's product reads all of h_t), backward between the pointwise
+// pass and the product (which reads all of the step's gate gradients). Every element is still computed
+// by one share, in one order: results do not depend on the split.
+struct WorkShare {
+  BatchChunk chunk;
+  IndexRange units;
+  const StepBarrier* barrier = nullptr;  // none when `units` is all of them
+  int64_t barrier_weight = 1;
+
+  bool all_units(int64_t hidden) const { return units.begin == 0 && units.end == hidden; }
+  void sync() const {
+    if (barrier != nullptr) {
+      barrier->arrive_and_wait(barrier_weight);
+    }
+  }
+};
+using WorkShareFn = std::function<void(const WorkShare&)>;
 
 class StepKernels {
  public:
@@ -84,15 +121,24 @@ class StepKernels {
   // The weight as matmul will take it. Here the weight as it is.
   virtual StepWeight prepare_weight(const at::Tensor& weight, bool transpose) const;
 
-  // out = a @ op(weight) (+ out when accumulate), op(weight) = weight^T when weight.transpose. ATen's
-  // addmm here (cuBLAS on the current stream on CUDA); a backend overrides it where a thinner call pays
-  // (the CPU).
-  virtual void matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate) const;
+  // Columns `columns` of out = a @ op(weight) (+ out when accumulate), op(weight) = weight^T when
+  // weight.transpose; the other columns of out are left alone. `columns` is all of out's, or, from a share
+  // of split units, a gate's (or h's) columns of the share's units. ATen's addmm here (cuBLAS on the
+  // current stream on CUDA); a backend overrides it where a thinner call pays (the CPU).
+  virtual void matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate,
+                      IndexRange columns) const;
+  void matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate) const {
+    matmul(out, a, weight, accumulate, IndexRange{0, out.cols});
+  }
 
-  // Runs fn over chunks that together cover sequences [0, batch), each exactly once. Sequences never
-  // interact within a layer, so chunks may run concurrently, each its whole recurrence. Here one chunk:
-  // a GPU parallelises within a step; the CPU runs a chunk per thread, with no per-step synchronisation.
-  virtual void for_each_batch_chunk(int64_t batch, const BatchChunkFn& fn) const;
+  // Runs fn over shares that together cover sequences [0, batch) x units [0, hidden), each exactly once;
+  // with every share's units [0, hidden) unless may_split_units (not with a projection, whose product
+  // needs all of a step's units before the step's h exists). Sequences never interact within a
+  // layer, so chunks of the batch may run concurrently, each its whole recurrence. Here one share: a GPU
+  // parallelises within a step. The CPU runs a chunk per thread with no per-step synchronisation, and
+  // splits the units of a batch too small to give every thread a chunk (WorkShare).
+  virtual void for_each_work_share(int64_t batch, int64_t hidden, bool may_split_units,
+                                   const WorkShareFn& fn) const;
 
   // Whether an inference forward over `batch` sequences ([*, input_size] in, [*, gate_width] gates)
   // projects each step's input inside the batch chunks, right before the step, instead of a block of

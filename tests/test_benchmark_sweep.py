@@ -76,3 +76,22 @@ def test_sweep_refuses_to_time_disagreeing_implementations(sweep, tmp_path, monk
         sweep.main(["--seq-lens", "4", "--batches", "2", "--hidden-sizes", "8", "--repeats", "1",
                     "--no-progress", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())
+
+
+def test_gemm_efficiency_writes_throughputs_and_ratios(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS_DIR))
+    module = importlib.import_module("gemm_efficiency")
+    try:
+        result = module.main(["--seq-len", "3", "--batch", "2", "--hidden-size", "16", "--turns", "2",
+                              "--out", str(tmp_path)])
+    finally:
+        for name in ("gemm_efficiency", "sweep", "lstm_workloads"):
+            sys.modules.pop(name, None)
+    written = json.loads((tmp_path / "gemm_efficiency.json").read_text())
+    assert written["best"] == result["best"] and written["hidden_size"] == 16
+    for stat in ("best", "median"):
+        gflops = result[stat]["gflops"]
+        assert all(value > 0 for value in gflops.values())
+        assert math.isclose(result[stat]["lstm_ext_over_mm"], gflops["lstm_ext"] / gflops["torch.mm"])
+    with pytest.raises(SystemExit):
+        module.parse_args(["--batch", "0"])

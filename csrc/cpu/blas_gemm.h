@@ -9,9 +9,10 @@
 
 namespace lstm_ext {
 
-// out = a @ op(weight) (+ out when accumulate), op(weight) = weight^T when weight.transpose; all float
-// or all double. Returns false, doing nothing, when no BLAS was found or the sizes do not fit its
+// Columns `columns` of out = a @ op(weight) (+ out when accumulate), op(weight) = weight^T when
+// weight.transpose; all float or all double. Returns false, doing nothing, when no BLAS was found or the sizes do not fit its
 // 32-bit integers: the caller falls back to ATen.
-bool blas_gemm(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate);
+bool blas_gemm(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate,
+               IndexRange columns);
 
 }  // namespace lstm_ext

@@ -11,12 +11,15 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <memory>
 #include <type_traits>
+#include <vector>
 
 #include "../lstm_math.h"
 #include "../step_kernels.h"
 #include "blas_gemm.h"
 #include "panel_gemm.h"
+#include "spin_barrier.h"
 
 #ifndef LSTM_EXT_CPU_VARIANT
 #error "define LSTM_EXT_CPU_VARIANT before including pointwise_cpu_kernels.h"
@@ -61,17 +64,17 @@ struct VectorLanes {
   static void store(S* p, const type& v) { v.store(p); }
 };
 
-// Calls unit_fn(lanes, j) for each group of units in [0, H): whole vectors first, then a scalar tail.
+// Calls unit_fn(lanes, j) for each group of units in `units`: whole vectors first, then a scalar tail.
 // Storage types narrower than their math type (bfloat16) take the scalar path throughout.
 template <typename S, typename UnitFn>
-inline void for_each_unit_group(int64_t H, const UnitFn& unit_fn) {
-  int64_t j = 0;
+inline void for_each_unit_group(const IndexRange& units, const UnitFn& unit_fn) {
+  int64_t j = units.begin;
   if constexpr (std::is_same_v<S, at::opmath_type<S>>) {
-    for (; j + VectorLanes<S>::width <= H; j += VectorLanes<S>::width) {
+    for (; j + VectorLanes<S>::width <= units.end; j += VectorLanes<S>::width) {
       unit_fn(VectorLanes<S>{}, j);
     }
   }
-  for (; j < H; ++j) {
+  for (; j < units.end; ++j) {
     unit_fn(ScalarLanes<S>{}, j);
   }
 }
@@ -90,13 +93,13 @@ void forward_step(const ForwardStepArgs& args) {
   S* h = args.h.ptr<S>();
   S* c = args.c.ptr<S>();
   const bool keep_gates = args.keep_gates;
-  at::parallel_for(0, B, row_grain(H), [&](int64_t row_begin, int64_t row_end) {
+  at::parallel_for(0, B, row_grain(args.units.size()), [&](int64_t row_begin, int64_t row_end) {
     for (int64_t row = row_begin; row < row_end; ++row) {
       S* g = gates + row * 4 * H;
       const S* cp = c_prev + row * H;
       S* hr = h + row * H;
       S* cr = c + row * H;
-      for_each_unit_group<S>(H, [&](auto lanes, int64_t j) {
+      for_each_unit_group<S>(args.units, [&](auto lanes, int64_t j) {
         using L = decltype(lanes);
         const math::Gates<typename L::type> pre{L::load(g + j), L::load(g + H + j), L::load(g + 2 * H + j),
                                                 L::load(g + 3 * H + j)};
@@ -124,12 +127,12 @@ void backward_step(const BackwardStepArgs& args) {
   const S* grad_h_next = args.grad_h_next.ptr<S>();
   S* grad_c = args.grad_c.ptr<S>();
   S* grad_gates = args.grad_gates.ptr<S>();
-  at::parallel_for(0, B, row_grain(H), [&](int64_t row_begin, int64_t row_end) {
+  at::parallel_for(0, B, row_grain(args.units.size()), [&](int64_t row_begin, int64_t row_end) {
     for (int64_t row = row_begin; row < row_end; ++row) {
       const S* g = gates + row * 4 * H;
       S* dg = grad_gates + row * 4 * H;
       const int64_t r = row * H;
-      for_each_unit_group<S>(H, [&](auto lanes, int64_t j) {
+      for_each_unit_group<S>(args.units, [&](auto lanes, int64_t j) {
         using L = decltype(lanes);
         const math::Gates<typename L::type> act{L::load(g + j), L::load(g + H + j), L::load(g + 2 * H + j),
                                                 L::load(g + 3 * H + j)};
@@ -172,7 +175,8 @@ class CpuStepKernels final : public StepKernels {
     const bool in_place = !transpose && weight.size(1) % panel_gemm::kPanelWidth == 0;
     return StepWeight{weight, transpose, in_place ? weight : panel_gemm::pack(weight, transpose)};
   }
-  void matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate) const override {
+  void matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate,
+              IndexRange columns) const override {
     // A long product outside the chunks (grad_input, k = 4H) with a deep panel goes to BLAS: measured
     // faster before panel_gemm blocked k; since then the two are within this machine's noise at H=512.
     const bool deep_and_long = a.cols > kMaxPanelDepth && out.rows > kRowBlock && !at::in_parallel_region();
@@ -181,7 +185,14 @@ class CpuStepKernels final : public StepKernels {
       // in cache while the panels pass. Inside a batch chunk this runs on the chunk's thread; outside
       // (the input projections, or one chunk of a small batch) the tasks are split over the threads
       // when there is enough work to pay for waking them.
-      const int64_t panels = panel_gemm::panel_count(out.cols);
+      // The columns' panels: a share's columns start and (but for the last gate's) end on a panel edge.
+      const int64_t first_panel = columns.begin / panel_gemm::kPanelWidth;
+      const int64_t last_panel = columns.end == out.cols ? panel_gemm::panel_count(out.cols)
+                                                         : columns.end / panel_gemm::kPanelWidth;
+      TORCH_INTERNAL_ASSERT(columns.begin % panel_gemm::kPanelWidth == 0 &&
+                                (columns.end == out.cols || columns.end % panel_gemm::kPanelWidth == 0),
+                            "matmul: columns [", columns.begin, ", ", columns.end, ") are not whole panels");
+      const int64_t panels = last_panel - first_panel;
       const int64_t row_blocks = at::divup(out.rows, kRowBlock);
       const int64_t task_macs = std::min(out.rows, kRowBlock) * a.cols * panel_gemm::kPanelWidth;
       const int64_t grain = at::divup(kMinMacsPerTask, std::max<int64_t>(task_macs, 1));
@@ -192,8 +203,8 @@ class CpuStepKernels final : public StepKernels {
                                          in_place ? n : panel_gemm::kPanelWidth};
       at::parallel_for(0, row_blocks * panels, grain, [&](int64_t first, int64_t last) {
         for (int64_t task = first; task < last;) {
-          const int64_t block = task / panels, panel = task % panels;
-          const int64_t panel_end = std::min(panels, panel + (last - task));  // this block's panels in range
+          const int64_t block = task / panels, panel = first_panel + task % panels;
+          const int64_t panel_end = std::min(last_panel, panel + (last - task));  // this block's panels in range
           const int64_t row = block * kRowBlock, rows = std::min(kRowBlock, out.rows - row);
           panel_gemm::gemm_panels(a.sub(row, rows).ptr<float>(), rows, k, panels_at, out.sub(row, rows).ptr<float>(),
                                   n, accumulate, panel, panel_end);
@@ -202,21 +213,46 @@ class CpuStepKernels final : public StepKernels {
       });
       return;
     }
-    if (!blas_gemm(out, a, weight, accumulate)) {
-      StepKernels::matmul(out, a, weight, accumulate);
+    if (!blas_gemm(out, a, weight, accumulate, columns)) {
+      StepKernels::matmul(out, a, weight, accumulate, columns);
     }
   }
   // A chunk per thread, each running all its steps with single-threaded GEMMs and pointwise passes
-  // (nested parallelism is off): no thread wakes up or waits per step.
-  void for_each_batch_chunk(int64_t batch, const BatchChunkFn& fn) const override {
+  // (nested parallelism is off): no thread wakes up or waits per step. A batch with fewer sequences than
+  // threads has its units split too, where a step has enough work (unit_slices).
+  void for_each_work_share(int64_t batch, int64_t hidden, bool may_split_units,
+                           const WorkShareFn& fn) const override {
     const int64_t chunks = chunk_count(batch);
-    if (chunks <= 1) {
-      fn(BatchChunk{0, batch});
+    const int64_t slices = may_split_units ? unit_slices(batch, hidden, chunks) : 1;
+    const auto chunk_at = [&](int64_t chunk) { return BatchChunk{batch * chunk / chunks, batch * (chunk + 1) / chunks}; };
+    if (slices <= 1) {
+      if (chunks <= 1) {
+        fn(WorkShare{BatchChunk{0, batch}, IndexRange{0, hidden}});
+        return;
+      }
+      at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+        for (int64_t chunk = first; chunk < last; ++chunk) {
+          fn(WorkShare{chunk_at(chunk), IndexRange{0, hidden}});
+        }
+      });
       return;
     }
-    at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
-      for (int64_t chunk = first; chunk < last; ++chunk) {
-        fn(BatchChunk{batch * chunk / chunks, batch * (chunk + 1) / chunks});
+    // Slice s of a chunk: units [unit_at(s), unit_at(s + 1)), whole panels of the gate GEMMs.
+    const auto unit_at = [&](int64_t s) {
+      return s == slices ? hidden : hidden * s / slices / panel_gemm::kPanelWidth * panel_gemm::kPanelWidth;
+    };
+    std::vector<std::unique_ptr<cpu::SpinBarrier>> barriers;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      barriers.push_back(std::make_unique<cpu::SpinBarrier>(slices));
+    }
+    // OpenMP gives each thread of the region one range of shares, all running at once. A region with
+    // fewer threads than shares hands a thread adjacent slices, which it runs as one share of their
+    // units, arriving at its chunk's barrier for all of them.
+    at::parallel_for(0, chunks * slices, 1, [&](int64_t first, int64_t last) {
+      for (int64_t chunk = first / slices; chunk * slices < last; ++chunk) {
+        const int64_t s0 = std::max(first, chunk * slices) - chunk * slices;
+        const int64_t s1 = std::min(last, (chunk + 1) * slices) - chunk * slices;
+        fn(WorkShare{chunk_at(chunk), IndexRange{unit_at(s0), unit_at(s1)}, barriers[chunk].get(), s1 - s0});
       }
     });
   }
@@ -226,10 +262,33 @@ class CpuStepKernels final : public StepKernels {
   }
 
  private:
-  // How many chunks for_each_batch_chunk splits `batch` into: one per thread, one inside a parallel region.
+  // How many chunks for_each_work_share splits `batch` into: one per thread, one inside a parallel region.
   static int64_t chunk_count(int64_t batch) {
     return at::in_parallel_region() ? 1 : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), batch));
   }
+  // How many shares split the units of each of `chunks` chunks of `batch` sequences: the threads a chunk
+  // would leave idle, where each share still has enough of a step's recurrent product and whole gate
+  // panels. Only under OpenMP, whose region runs its threads at once (a share waits for the others at
+  // every step; a pool running two shares one after the other would wait forever).
+  static int64_t unit_slices(int64_t batch, int64_t hidden, int64_t chunks) {
+#if AT_PARALLEL_OPENMP
+    if (at::in_parallel_region() || hidden % panel_gemm::kPanelWidth != 0) {
+      return 1;
+    }
+    const int64_t rows = at::divup(batch, chunks);
+    int64_t slices = std::min(at::get_num_threads() / chunks, hidden / panel_gemm::kPanelWidth);
+    while (slices > 1 && rows * hidden * 4 * hidden / slices < kMinSplitMacs) {
+      --slices;
+    }
+    return std::max<int64_t>(slices, 1);
+#else
+    return 1;
+#endif
+  }
+  // Per share and step (measured in one process, 2 threads, T=128, B=1): H=96 and 128 (18K and 33K MACs
+  // per share) 10-30% faster split; H=64 (8K) even; H=32 (2K) 15% slower, the meeting costing more than
+  // the half step it saves. H=256 and 512 gain 0-13%: their weights stream from L3 either way.
+  static constexpr int64_t kMinSplitMacs = int64_t{1} << 14;
   // Where a chunk's own per-step input projection pays (measured in one process, 2 threads, inference):
   // T=128, B=32 and 128, H=256: 9-12% faster; T=100, B=64, H=512: 2%; T=128, B=128, H=64: 5%; but
   // T=128, B=32, H=64 (16 rows x 64 x 256 per step) 7% slower, the per-step call costs outweighing it.

@@ -42,6 +42,10 @@ template <typename scalar_t, typename Launcher>
 void launch_forward_step(const ForwardStepArgs& args, const LaunchPolicy& policy, const Launcher& launcher) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t batch = args.c.rows, hidden = args.c.cols;
+  // Every unit of the step: a GPU step is one launch over the whole batch (StepKernels::for_each_work_share
+  // does not split units here).
+  TORCH_INTERNAL_ASSERT(args.units.begin == 0 && args.units.end == hidden, "a CUDA step runs all units, got [",
+                        args.units.begin, ", ", args.units.end, ") of ", hidden);
   launch_pointwise(batch, hidden, policy, [&](auto index_zero, PointwiseLaunchConfig config) {
     using index_t = decltype(index_zero);
     launcher(lstm_forward_pointwise_kernel<scalar_t, acc_t, index_t>, config, args.gates.ptr<scalar_t>(),
@@ -54,6 +58,10 @@ template <typename scalar_t, typename Launcher>
 void launch_backward_step(const BackwardStepArgs& args, const LaunchPolicy& policy, const Launcher& launcher) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t batch = args.c.rows, hidden = args.c.cols;
+  // Every unit of the step: a GPU step is one launch over the whole batch (StepKernels::for_each_work_share
+  // does not split units here).
+  TORCH_INTERNAL_ASSERT(args.units.begin == 0 && args.units.end == hidden, "a CUDA step runs all units, got [",
+                        args.units.begin, ", ", args.units.end, ") of ", hidden);
   launch_pointwise(batch, hidden, policy, [&](auto index_zero, PointwiseLaunchConfig config) {
     using index_t = decltype(index_zero);
     launcher(lstm_backward_pointwise_kernel<scalar_t, acc_t, index_t>, config,

@@ -1,0 +1,70 @@
+"""The CPU splits a pass's work over its threads: a batch chunk per thread, and, where the batch has fewer
+sequences than threads, a chunk's hidden units over several threads that meet once per step
+(StepKernels::for_each_work_share). The split must never show in the numbers: every thread count gives
+nn.LSTM's results, and the values computed by the recurrence itself are bitwise those of one thread."""
+
+import pytest
+import torch
+
+from lstm_reference import Config, assert_equal_to_nn_lstm, make_pair, make_inputs, run_with_grads
+
+# Thread counts: 1 (no split), 2 (two chunks, or a B=1 batch's units in two), 3 (uneven unit slices:
+# H=160 is 10 panels of 16, split 3 + 3 + 4) and 4 (two chunks of two unit slices each at B=2).
+THREAD_COUNTS = [1, 2, 3, 4]
+
+CASES = {  # name: (Config, dtype). Units are split where H is whole panels and a share has >= 16K MACs.
+    "b1_h96": (Config(seq_len=7, batch=1, input_size=40, hidden_size=96, given_state=True), torch.float32),
+    "b1_h160_bidirectional_2layers": (
+        Config(seq_len=6, batch=1, input_size=24, hidden_size=160, num_layers=2, bidirectional=True),
+        torch.float32),
+    "b2_h128_packed": (Config(input_size=16, hidden_size=128, lengths=(5, 2), given_state=True), torch.float32),
+    "b1_h96_float64": (Config(seq_len=5, batch=1, input_size=8, hidden_size=96, given_state=True), torch.float64),
+    "b1_h96_no_bias_batch_first": (
+        Config(seq_len=5, batch=1, input_size=8, hidden_size=96, bias=False, batch_first=True), torch.float32),
+}
+
+# Computed by the recurrence and lstm_ext's own GEMMs, whose sums do not depend on the split; the weight
+# gradients come from ATen's large products, whose blocking may follow the thread count.
+BITWISE_KEYS = ["output", "h_n", "c_n", "input", "h0", "c0"]
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_thread_count_matches_nn_lstm_and_one_thread(case, restore_threads):
+    cfg, dtype = CASES[case]
+    tolerance = 1e-9 if dtype == torch.float64 else 1e-5
+    torch.set_num_threads(1)
+    _, ext = make_pair(cfg, dtype, "cpu")
+    x, hx = make_inputs(cfg, dtype, "cpu")
+    one_thread = run_with_grads(ext, x, hx)
+    for threads in THREAD_COUNTS[1:]:
+        torch.set_num_threads(threads)
+        assert_equal_to_nn_lstm(cfg, dtype, "cpu")
+        split = run_with_grads(ext, x, hx)
+        for key in one_thread:
+            if key in BITWISE_KEYS:
+                assert torch.equal(split[key], one_thread[key]), f"{key} differs with {threads} threads"
+            else:
+                torch.testing.assert_close(split[key], one_thread[key], rtol=tolerance, atol=tolerance)
+
+
+def test_inference_matches_with_split_units(restore_threads):
+    # Inference keeps one c per sequence, updated in place by each share for its own units.
+    cfg, dtype = CASES["b1_h160_bidirectional_2layers"]
+    _, ext = make_pair(cfg, dtype, "cpu")
+    ext.eval()
+    x, _ = make_inputs(cfg, dtype, "cpu")
+    torch.set_num_threads(1)
+    with torch.inference_mode():
+        expected = ext(x)
+    for threads in THREAD_COUNTS[1:]:
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            output, (h_n, c_n) = ext(x)
+        assert torch.equal(output, expected[0]) and torch.equal(h_n, expected[1][0]) and torch.equal(c_n, expected[1][1])
