@@ -119,7 +119,7 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   // right before the step, into one [B, 4H] buffer. Every way gives each gate the same sum in the same
   // order: the bias, then x_t W_ih^T, then h_{t-1} W_hh^T.
   const at::Tensor bias = weights.bias_ih.defined() ? weights.bias_ih + weights.bias_hh : at::Tensor();
-  StepWeight weight_ih = steps.prepare_weight(weights.weight_ih, /*transpose=*/true);
+  StepWeight weight_ih = steps.prepare_weight(weights.weight_ih, /*transpose=*/true, WeightUse{N, 1});
   const bool project_in_chunks = !training && steps.project_input_in_chunks(B, input.size(1), 4 * H);
   const int64_t block_steps =
       training || project_in_chunks ? T : inference_block_steps(B, 4 * H * input.element_size(), T);
@@ -150,7 +150,7 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   };
   StepWeight weight_hh;  // prepared after the (in training, only) input projection, which frees W_ih's copy
   const StepWeight weight_hr =
-      projected ? steps.prepare_weight(weights.weight_hr, /*transpose=*/true) : StepWeight{};
+      projected ? steps.prepare_weight(weights.weight_hr, /*transpose=*/true, WeightUse{B, T}) : StepWeight{};
   for (int64_t block_first = 0; block_first < T; block_first += block_steps) {
     // The block's steps [block_first, block_last) in the direction's order are steps [t_begin, t_end) in
     // time, and rows [row_begin, row_end) of the sequence, rows [0, row_end - row_begin) of `gates`.
@@ -166,7 +166,7 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
       }
     }
     if (block_first == 0) {
-      weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/true);
+      weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/true, WeightUse{B, T});
     }
     steps.for_each_work_share(B, H, /*may_split_units=*/!projected, [&](const WorkShare& share) {
       for (int64_t step = block_first; step < block_last; ++step) {
@@ -258,9 +258,9 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
   const RowBlock all_grad_h_total = row_block(grad_h_total), grad_unprojected_rows = row_block(grad_unprojected);
   const RowBlock no_grad_h_rows = row_block(no_grad_h), c0_rows = row_block(c0);
   const RowBlock all_gates = row_block(saved.gates), all_c = row_block(saved.cells);
-  StepWeight weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/false);
+  StepWeight weight_hh = steps.prepare_weight(weights.weight_hh, /*transpose=*/false, WeightUse{B, T});
   const StepWeight weight_hr =
-      projected ? steps.prepare_weight(weights.weight_hr, /*transpose=*/false) : StepWeight{};
+      projected ? steps.prepare_weight(weights.weight_hr, /*transpose=*/false, WeightUse{B, T}) : StepWeight{};
   steps.for_each_work_share(B, H, /*may_split_units=*/!projected, [&](const WorkShare& share) {
     // dL/dh_{t-1}'s columns this share computes: its units (P = H where units are split).
     const IndexRange grad_h_columns = projected ? IndexRange{0, P} : share.units;
@@ -302,7 +302,7 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
   LayerBackwardResult result;
   if (need_grad_input) {
     result.grad_input = at::empty({N, input.size(1)}, options);
-    const StepWeight weight_ih = steps.prepare_weight(weights.weight_ih, /*transpose=*/false);
+    const StepWeight weight_ih = steps.prepare_weight(weights.weight_ih, /*transpose=*/false, WeightUse{N, 1});
     steps.matmul(row_block(result.grad_input), all_grad_gates, weight_ih, /*accumulate=*/false);
   } else {
     result.grad_input = at::empty({0}, options);

@@ -19,7 +19,7 @@ at::Tensor as_tensor(const RowBlock& block, const at::TensorOptions& options) {
   return at::from_blob(block.data, {block.rows, block.cols}, options);
 }
 
-StepWeight StepKernels::prepare_weight(const at::Tensor& weight, bool transpose) const {
+StepWeight StepKernels::prepare_weight(const at::Tensor& weight, bool transpose, WeightUse /*use*/) const {
   return StepWeight{weight, transpose, at::Tensor()};
 }
 

@@ -77,6 +77,12 @@ struct StepWeight {
   at::Tensor packed;
 };
 
+// How a pass will use a prepared weight: `products` matmul calls of up to `rows` rows of `a` each.
+struct WeightUse {
+  int64_t rows;
+  int64_t products;
+};
+
 // Sequences [begin, end) of the batch.
 struct BatchChunk {
   int64_t begin;
@@ -118,8 +124,8 @@ class StepKernels {
   virtual void forward_pointwise(const ForwardStepArgs& args) const = 0;
   virtual void backward_pointwise(const BackwardStepArgs& args) const = 0;
 
-  // The weight as matmul will take it. Here the weight as it is.
-  virtual StepWeight prepare_weight(const at::Tensor& weight, bool transpose) const;
+  // The weight as matmul will take it, for `use`. Here the weight as it is.
+  virtual StepWeight prepare_weight(const at::Tensor& weight, bool transpose, WeightUse use) const;
 
   // Columns `columns` of out = a @ op(weight) (+ out when accumulate), op(weight) = weight^T when
   // weight.transpose; the other columns of out are left alone. `columns` is all of out's, or, from a share

@@ -41,6 +41,22 @@ inline at::Tensor pack(const at::Tensor& weight, bool transpose) {
   at::Tensor packed = at::empty({panels, k, kPanelWidth}, weight.options());
   const float* w = weight.const_data_ptr<float>();
   float* out = packed.mutable_data_ptr<float>();
+  if (!transpose) {
+    // Row kk of W holds row kk of every panel: W is read once, row after row, in tasks of ~16 KiB.
+    const int64_t row_grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(n, 1));
+    at::parallel_for(0, k, row_grain, [&](int64_t first, int64_t last) {
+      for (int64_t kk = first; kk < last; ++kk) {
+        const float* w_row = w + kk * n;
+        for (int64_t p = 0; p < panels; ++p) {
+          const int64_t col0 = p * kPanelWidth, cols = std::min(kPanelWidth, n - col0);
+          float* panel_row = out + p * k * kPanelWidth + kk * kPanelWidth;
+          std::copy_n(w_row + col0, cols, panel_row);
+          std::fill(panel_row + cols, panel_row + kPanelWidth, 0.f);
+        }
+      }
+    });
+    return packed;
+  }
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(k, 1));  // 16 KiB of floats per task
   at::parallel_for(0, panels, grain, [&](int64_t first, int64_t last) {
     for (int64_t p = first; p < last; ++p) {
@@ -49,7 +65,7 @@ inline at::Tensor pack(const at::Tensor& weight, bool transpose) {
       if (cols < kPanelWidth) {
         std::fill_n(panel, k * kPanelWidth, 0.f);
       }
-      if (transpose && cols == kPanelWidth) {
+      if (cols == kPanelWidth) {
         // op(W)[kk][col] = W[col][kk] by 8 x 8 register transposes of the panel's rows of W (a scalar
         // scatter was a fifth of a small layer's forward), the last k % 8 one at a time.
         constexpr int64_t kTile = 8;
@@ -66,16 +82,12 @@ inline at::Tensor pack(const at::Tensor& weight, bool transpose) {
             panel[kk * kPanelWidth + j] = w_rows[j * k + kk];
           }
         }
-      } else if (transpose) {  // a partial panel: each of its rows of W along kk
+      } else {  // a partial panel: each of its rows of W along kk
         for (int64_t j = 0; j < cols; ++j) {
           const float* w_row = w + (col0 + j) * k;
           for (int64_t kk = 0; kk < k; ++kk) {
             panel[kk * kPanelWidth + j] = w_row[kk];
           }
-        }
-      } else {  // op(W)[kk][col] = W[kk][col]: the panel's columns of each row are contiguous
-        for (int64_t kk = 0; kk < k; ++kk) {
-          std::copy_n(w + kk * n + col0, cols, panel + kk * kPanelWidth);
         }
       }
     }
