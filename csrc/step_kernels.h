@@ -109,7 +109,6 @@ struct WorkShare {
   const StepBarrier* barrier = nullptr;  // none when `units` is all of them
   int64_t barrier_weight = 1;
 
-  bool all_units(int64_t hidden) const { return units.begin == 0 && units.end == hidden; }
   void sync() const {
     if (barrier != nullptr) {
       barrier->arrive_and_wait(barrier_weight);

@@ -1,5 +1,5 @@
-// spin_barrier.h -- where the CPU's shares of a small batch's units meet (WorkShare::sync): once or twice
-// per step, microseconds apart, so they spin rather than sleep (waking a sleeping thread costs about as
+// spin_barrier.h -- where the CPU's shares of a small batch's units meet (WorkShare::sync): once per
+// step, microseconds apart, so they spin rather than sleep (waking a sleeping thread costs about as
 // much as a small step). Only the meeting is atomic: which share computes which element, and in what
 // order, does not depend on who arrives first, so results stay bitwise repeatable.
 #pragma once
@@ -45,7 +45,8 @@ class SpinBarrier final : public StepBarrier {
     _mm_pause();
 #endif
   }
-  // ~50-100 us of pauses: a partner that takes longer has likely lost its core (more threads than cores).
+  // Some 10-100 us of pauses (a pause takes 10-140 cycles by CPU): a partner that takes longer has likely
+  // lost its core (more threads than cores).
   static constexpr int64_t kSpinsBeforeYield = int64_t{1} << 11;
   const int64_t parties_;
   // On separate cache lines: the arrivals are written by every share, the generation mostly read.
