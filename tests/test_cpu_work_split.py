@@ -3,6 +3,11 @@ sequences than threads, a chunk's hidden units over several threads that meet on
 (StepKernels::for_each_work_share). The split must never show in the numbers: every thread count gives
 nn.LSTM's results, and the values computed by the recurrence itself are bitwise those of one thread."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -68,3 +73,28 @@ def test_inference_matches_with_split_units(restore_threads):
         with torch.inference_mode():
             output, (h_n, c_n) = ext(x)
         assert torch.equal(output, expected[0]) and torch.equal(h_n, expected[1][0]) and torch.equal(c_n, expected[1][1])
+
+
+def test_fewer_openmp_threads_than_shares(tmp_path):
+    # OMP_THREAD_LIMIT=2 caps OpenMP's team below torch's 4 threads: B=1, H=160 is planned as 4 unit
+    # slices, and each of the 2 threads gets two adjacent ones, which it runs as one share arriving at the
+    # barrier for both. A miscount there would hang, hence a separate process with a timeout.
+    script = tmp_path / "team.py"
+    script.write_text(textwrap.dedent("""
+        import torch, lstm_ext
+        torch.manual_seed(0)
+        model = lstm_ext.LSTM(24, 160, num_layers=2, bidirectional=True)
+        x = torch.randn(6, 1, 24, requires_grad=True)
+        results = []
+        for threads in (4, 1):
+            torch.set_num_threads(threads)
+            x.grad = None
+            output, _ = model(x)
+            output.square().sum().backward()
+            results.append((output.detach(), x.grad.clone()))
+        assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+        print("ok")
+    """))
+    env = dict(os.environ, OMP_THREAD_LIMIT="2")
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
