@@ -72,7 +72,8 @@ def test_inference_matches_with_split_units(restore_threads):
         torch.set_num_threads(threads)
         with torch.inference_mode():
             output, (h_n, c_n) = ext(x)
-        assert torch.equal(output, expected[0]) and torch.equal(h_n, expected[1][0]) and torch.equal(c_n, expected[1][1])
+        assert torch.equal(output, expected[0])
+        assert torch.equal(h_n, expected[1][0]) and torch.equal(c_n, expected[1][1])
 
 
 def test_fewer_openmp_threads_than_shares(tmp_path):

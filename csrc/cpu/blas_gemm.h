@@ -10,8 +10,8 @@
 namespace lstm_ext {
 
 // Columns `columns` of out = a @ op(weight) (+ out when accumulate), op(weight) = weight^T when
-// weight.transpose; all float or all double. Returns false, doing nothing, when no BLAS was found or the sizes do not fit its
-// 32-bit integers: the caller falls back to ATen.
+// weight.transpose; all float or all double. Returns false, doing nothing, when no BLAS was found or the
+// sizes do not fit its 32-bit integers: the caller falls back to ATen.
 bool blas_gemm(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate,
                IndexRange columns);
 

@@ -226,25 +226,22 @@ class CpuStepKernels final : public StepKernels {
                            const WorkShareFn& fn) const override {
     const int64_t chunks = chunk_count(batch);
     const int64_t slices = may_split_units ? unit_slices(batch, hidden, chunks) : 1;
-    const auto chunk_at = [&](int64_t chunk) { return BatchChunk{batch * chunk / chunks, batch * (chunk + 1) / chunks}; };
-    if (slices <= 1) {
-      if (chunks <= 1) {
-        fn(WorkShare{BatchChunk{0, batch}, IndexRange{0, hidden}});
-        return;
-      }
-      at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
-        for (int64_t chunk = first; chunk < last; ++chunk) {
-          fn(WorkShare{chunk_at(chunk), IndexRange{0, hidden}});
-        }
-      });
+    if (chunks * slices == 1) {
+      // Not through parallel_for, which would run it as inside a parallel region: the share's products and
+      // pointwise passes then could not use the other threads.
+      fn(WorkShare{BatchChunk{0, batch}, IndexRange{0, hidden}});
       return;
     }
-    // Slice s of a chunk: units [unit_at(s), unit_at(s + 1)), whole panels of the gate GEMMs.
+    const auto chunk_at = [&](int64_t chunk) {
+      return BatchChunk{batch * chunk / chunks, batch * (chunk + 1) / chunks};
+    };
+    // Slice s of a chunk: units [unit_at(s), unit_at(s + 1)), whole panels of the gate GEMMs (one slice:
+    // all units).
     const auto unit_at = [&](int64_t s) {
       return s == slices ? hidden : hidden * s / slices / panel_gemm::kPanelWidth * panel_gemm::kPanelWidth;
     };
-    std::vector<std::unique_ptr<cpu::SpinBarrier>> barriers;
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    std::vector<std::unique_ptr<cpu::SpinBarrier>> barriers;  // a chunk's slices meet at its own
+    for (int64_t chunk = 0; slices > 1 && chunk < chunks; ++chunk) {
       barriers.push_back(std::make_unique<cpu::SpinBarrier>(slices));
     }
     // OpenMP gives each thread of the region one range of shares, all running at once. A region with
@@ -254,7 +251,8 @@ class CpuStepKernels final : public StepKernels {
       for (int64_t chunk = first / slices; chunk * slices < last; ++chunk) {
         const int64_t s0 = std::max(first, chunk * slices) - chunk * slices;
         const int64_t s1 = std::min(last, (chunk + 1) * slices) - chunk * slices;
-        fn(WorkShare{chunk_at(chunk), IndexRange{unit_at(s0), unit_at(s1)}, barriers[chunk].get(), s1 - s0});
+        const StepBarrier* barrier = slices > 1 ? barriers[chunk].get() : nullptr;
+        fn(WorkShare{chunk_at(chunk), IndexRange{unit_at(s0), unit_at(s1)}, barrier, s1 - s0});
       }
     });
   }

@@ -22,6 +22,13 @@ struct LaunchPolicy {
   bool force_64bit_index = false;  // tests run the 64-bit kernels on sizes that would not need them
 };
 
+// A GPU step is one launch over every unit of the batch: StepKernels::for_each_work_share does not split
+// the units here, so a step that got part of them is a bug upstream.
+inline void check_all_units(const IndexRange& units, int64_t hidden) {
+  TORCH_INTERNAL_ASSERT(units.begin == 0 && units.end == hidden, "a CUDA step runs all units, got [", units.begin,
+                        ", ", units.end, ") of ", hidden);
+}
+
 // Runs launch(index_t{}, config) for a pointwise pass over batch x hidden units (nothing for none):
 // the geometry from the policy, index_t int32_t when the sizes allow it, else int64_t.
 template <typename Launch>
@@ -42,10 +49,7 @@ template <typename scalar_t, typename Launcher>
 void launch_forward_step(const ForwardStepArgs& args, const LaunchPolicy& policy, const Launcher& launcher) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t batch = args.c.rows, hidden = args.c.cols;
-  // Every unit of the step: a GPU step is one launch over the whole batch (StepKernels::for_each_work_share
-  // does not split units here).
-  TORCH_INTERNAL_ASSERT(args.units.begin == 0 && args.units.end == hidden, "a CUDA step runs all units, got [",
-                        args.units.begin, ", ", args.units.end, ") of ", hidden);
+  check_all_units(args.units, hidden);
   launch_pointwise(batch, hidden, policy, [&](auto index_zero, PointwiseLaunchConfig config) {
     using index_t = decltype(index_zero);
     launcher(lstm_forward_pointwise_kernel<scalar_t, acc_t, index_t>, config, args.gates.ptr<scalar_t>(),
@@ -58,10 +62,7 @@ template <typename scalar_t, typename Launcher>
 void launch_backward_step(const BackwardStepArgs& args, const LaunchPolicy& policy, const Launcher& launcher) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t batch = args.c.rows, hidden = args.c.cols;
-  // Every unit of the step: a GPU step is one launch over the whole batch (StepKernels::for_each_work_share
-  // does not split units here).
-  TORCH_INTERNAL_ASSERT(args.units.begin == 0 && args.units.end == hidden, "a CUDA step runs all units, got [",
-                        args.units.begin, ", ", args.units.end, ") of ", hidden);
+  check_all_units(args.units, hidden);
   launch_pointwise(batch, hidden, policy, [&](auto index_zero, PointwiseLaunchConfig config) {
     using index_t = decltype(index_zero);
     launcher(lstm_backward_pointwise_kernel<scalar_t, acc_t, index_t>, config,
