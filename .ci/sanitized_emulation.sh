@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the extension (CPU-only: the emulated CUDA kernels are CPU code) with AddressSanitizer and
-# UndefinedBehaviorSanitizer, then runs the emulated-CUDA, op and CPU work-split tests against that
-# build. Any out-of-bounds access or undefined behaviour in the kernels or the recurrence fails the run.
+# UndefinedBehaviorSanitizer, then runs the emulated-CUDA, op, CPU work-split and huge-page buffer tests
+# against that build. Any out-of-bounds access or undefined behaviour in the kernels or the recurrence
+# fails the run.
 # Usage: .ci/sanitized_emulation.sh [python]   (default: .venv/bin/python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,6 @@ print(f"built in {time.time() - start:.0f} s")
 PYEOF
 
 LIB=$(ls "$BUILD_DIR"/_C*.so | head -n 1)
-echo "== running the emulated-CUDA, op and work-split tests under ASan+UBSan ($LIB)"
+echo "== running the emulated-CUDA, op, work-split and huge-page buffer tests under ASan+UBSan ($LIB)"
 LSTM_EXT_LIBRARY="$LIB" "$PY" -m pytest -q -p no:cacheprovider --capture=sys tests/test_emulated_cuda.py tests/test_ops.py \
-  tests/test_cpu_work_split.py
+  tests/test_cpu_work_split.py tests/test_huge_page_buffers.py

@@ -124,7 +124,7 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   const int64_t block_steps =
       training || project_in_chunks ? T : inference_block_steps(B, 4 * H * input.element_size(), T);
   const int64_t gate_rows = training ? N : (project_in_chunks ? B : std::min(N, block_steps * B));
-  at::Tensor gates = at::empty({gate_rows, 4 * H}, options);
+  at::Tensor gates = steps.empty({gate_rows, 4 * H}, options);
 
   // 2. Per step: the recurrent GEMM accumulated into the step's own rows, then the fused pass. In
   // training the pass leaves the activated gates in place and c_t in `cells`; in inference c is updated
@@ -132,10 +132,10 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   // With a projection the pass writes the unprojected h, and one more GEMM projects it into the output.
   // Each share of the work (a batch chunk, or some units of a batch too small to chunk) runs all the
   // steps of a block (step_kernels.h).
-  at::Tensor output = at::empty({N, P}, options);
-  at::Tensor cells = training ? at::empty({N, H}, options) : at::empty({0}, options);
+  at::Tensor output = steps.empty({N, P}, options);
+  at::Tensor cells = training ? steps.empty({N, H}, options) : at::empty({0}, options);
   at::Tensor c_state = training ? at::Tensor() : c0.clone(at::MemoryFormat::Contiguous);
-  at::Tensor unprojected = !projected ? at::empty({0}, options) : at::empty({training ? N : B, H}, options);
+  at::Tensor unprojected = !projected ? at::empty({0}, options) : steps.empty({training ? N : B, H}, options);
   const at::ScalarType dtype = input.scalar_type();
   const RowBlock gates_rows = row_block(gates), all_h = row_block(output), all_c = row_block(cells);
   const RowBlock h0_rows = row_block(h0), c0_rows = row_block(c0), c_rows = row_block(c_state);
@@ -246,10 +246,10 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
   // flowing back through the recurrence, and, once the sequence's first step is done, dh0/dc0.
   // With a projection, dL/dh_t (output plus recurrence) is kept per row for dW_hr and carried back
   // through W_hr to the unprojected h, which is all the pointwise pass needs.
-  at::Tensor grad_gates = at::empty({N, 4 * H}, options);
+  at::Tensor grad_gates = steps.empty({N, 4 * H}, options);
   at::Tensor grad_h = grad_h_n.clone(at::MemoryFormat::Contiguous);
   at::Tensor grad_c = grad_c_n.clone(at::MemoryFormat::Contiguous);
-  at::Tensor grad_h_total = projected ? at::empty({N, P}, options) : at::Tensor();
+  at::Tensor grad_h_total = projected ? steps.empty({N, P}, options) : at::Tensor();
   at::Tensor grad_unprojected = projected ? at::empty({B, H}, options) : at::Tensor();
   at::Tensor no_grad_h = projected ? at::zeros({B, H}, options) : at::Tensor();
   const at::ScalarType dtype = input.scalar_type();
@@ -301,7 +301,7 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
   // 2. Everything that does not feed the recurrence, as large GEMMs over all steps at once.
   LayerBackwardResult result;
   if (need_grad_input) {
-    result.grad_input = at::empty({N, input.size(1)}, options);
+    result.grad_input = steps.empty({N, input.size(1)}, options);
     const StepWeight weight_ih = steps.prepare_weight(weights.weight_ih, /*transpose=*/false, WeightUse{N, 1});
     steps.matmul(row_block(result.grad_input), all_grad_gates, weight_ih, /*accumulate=*/false);
   } else {

@@ -19,6 +19,10 @@ at::Tensor as_tensor(const RowBlock& block, const at::TensorOptions& options) {
   return at::from_blob(block.data, {block.rows, block.cols}, options);
 }
 
+at::Tensor StepKernels::empty(at::IntArrayRef sizes, const at::TensorOptions& options) const {
+  return at::empty(sizes, options);
+}
+
 StepWeight StepKernels::prepare_weight(const at::Tensor& weight, bool transpose, WeightUse /*use*/) const {
   return StepWeight{weight, transpose, at::Tensor()};
 }

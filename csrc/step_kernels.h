@@ -123,6 +123,10 @@ class StepKernels {
   virtual void forward_pointwise(const ForwardStepArgs& args) const = 0;
   virtual void backward_pointwise(const BackwardStepArgs& args) const = 0;
 
+  // An uninitialised buffer of a pass (the per-row ones: gates, cells, outputs, their gradients), like
+  // at::empty. Here at::empty; the CPU maps the largest in huge pages (cpu/huge_page_allocator.h).
+  virtual at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) const;
+
   // The weight as matmul will take it, for `use`. Here the weight as it is.
   virtual StepWeight prepare_weight(const at::Tensor& weight, bool transpose, WeightUse use) const;
 

@@ -27,6 +27,7 @@ CPU_SOURCES = [
     "lstm_recurrence.cpp",
     "step_kernels.cpp",
     "cpu/blas_gemm.cpp",
+    "cpu/huge_page_allocator.cpp",
     "cpu/pointwise_cpu.cpp",
     "emulated/pointwise_emulated.cpp",  # the CUDA kernels run on the CPU, for the tests
     "cpu/pointwise_cpu_avx2.cpp",  # last: see the file's comment on link order

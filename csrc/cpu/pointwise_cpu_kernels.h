@@ -18,6 +18,7 @@
 #include "../lstm_math.h"
 #include "../step_kernels.h"
 #include "blas_gemm.h"
+#include "huge_page_allocator.h"
 #include "panel_gemm.h"
 #include "spin_barrier.h"
 
@@ -164,6 +165,9 @@ class CpuStepKernels final : public StepKernels {
   void backward_pointwise(const BackwardStepArgs& args) const override {
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, args.dtype, "lstm_ext_cpu_backward_step",
                                    [&] { backward_step<scalar_t>(args); });
+  }
+  at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) const override {
+    return cpu::empty_huge_page_backed(sizes, options);
   }
   // Float weights packed for panel_gemm where the CPU has the vector width it is written for (a weight
   // already in panels, op(W) = W with whole panels, is its own `packed`, no copy, where products of few

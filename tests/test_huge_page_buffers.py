@@ -1,0 +1,106 @@
+"""On the CPU, a pass's buffers of 32 MiB and more (gates, gate gradients, outputs) get mappings of their own
+in transparent huge pages (csrc/cpu/huge_page_allocator.h). Such tensors must behave like any other: the
+same numbers as nn.LSTM, outputs that resize and free like ATen's own, and, where the kernel offers huge
+pages, they are used."""
+
+import re
+import sys
+
+import pytest
+import torch
+
+import lstm_ext
+from lstm_reference import TOLERANCES, Config, assert_equal_to_nn_lstm, make_inputs, make_pair, run_with_grads
+
+MIN_HUGE_PAGE_BYTES = 32 << 20  # kMinHugePageBytes
+
+
+def gate_bytes(cfg: Config, dtype) -> int:
+    return cfg.seq_len * cfg.batch * 4 * cfg.hidden_size * torch.finfo(dtype).bits // 8
+
+
+def test_training_step_with_huge_page_gates_matches_nn_lstm_float64():
+    # The training forward's gates and the backward's gate gradients are each >= 32 MiB here.
+    cfg = Config(seq_len=128, batch=128, input_size=8, hidden_size=64, given_state=True)
+    assert gate_bytes(cfg, torch.float64) >= MIN_HUGE_PAGE_BYTES
+    assert_equal_to_nn_lstm(cfg, torch.float64, "cpu")
+
+
+def test_training_step_with_huge_page_gates_matches_nn_lstm_float32():
+    """As above in float32. A weight gradient here is a float32 sum over 32768 rows: both implementations
+    round it differently, so it is held to the normwise bound the benchmarks use (max|diff| <= rtol *
+    max|nn.LSTM's|), everything else to the suite's elementwise tolerance."""
+    cfg = Config(seq_len=128, batch=256, input_size=8, hidden_size=64, given_state=True)
+    assert gate_bytes(cfg, torch.float32) >= MIN_HUGE_PAGE_BYTES
+    ref, ext = make_pair(cfg, torch.float32, "cpu")
+    x, hx = make_inputs(cfg, torch.float32, "cpu")
+    expected, actual = run_with_grads(ref, x, hx), run_with_grads(ext, x, hx)
+    tolerance = TOLERANCES[torch.float32]
+    for key in expected:
+        if key.startswith("grad "):
+            error = (actual[key] - expected[key]).abs().max().item()
+            assert error <= tolerance["rtol"] * expected[key].abs().max().item(), f"{key}: max|diff| {error}"
+        else:
+            torch.testing.assert_close(actual[key], expected[key], **tolerance, msg=lambda m, key=key: f"{key}: {m}")
+
+
+def _thp_mode() -> str | None:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return re.search(r"\[(\w+)\]", f.read()).group(1)
+    except OSError:
+        return None
+
+
+def _anon_huge_kib_at(address: int) -> int:
+    """AnonHugePages of the mapping that holds `address`, from /proc/self/smaps."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = re.match(r"^([0-9a-f]+)-([0-9a-f]+) ", line)
+            if head:
+                inside = int(head.group(1), 16) <= address < int(head.group(2), 16)
+            elif inside and line.startswith("AnonHugePages:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no mapping holds address {address:#x}")
+
+
+def _large_inference_output():
+    """An inference output of exactly 32 MiB ([T * B, H] float32), with the nn.LSTM it must equal."""
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(4, 32)
+    lstm = lstm_ext.LSTM(4, 32)
+    lstm.load_state_dict(reference.state_dict())
+    x = torch.randn(1024, 256, 4)
+    with torch.inference_mode():
+        output, _ = lstm(x)
+        expected, _ = reference(x)
+    assert output.numel() * output.element_size() == MIN_HUGE_PAGE_BYTES
+    return output, expected
+
+
+def test_huge_page_output_equals_nn_lstm_resizes_and_frees():
+    output, expected = _large_inference_output()
+    torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
+    # Growing the storage goes through the storage's allocator and keeps the values.
+    kept = output.clone()
+    with torch.inference_mode():
+        output.resize_(2 * output.shape[0], *output.shape[1:])
+    assert torch.equal(output[: kept.shape[0]], kept)
+    with torch.inference_mode():
+        output.fill_(1.0)
+    assert output.sum().item() == output.numel()
+    del output  # freeing unmaps; a second one must come out the same
+    again, _ = _large_inference_output()
+    assert torch.equal(again, kept)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="huge pages are requested on Linux only")
+def test_large_outputs_are_in_huge_pages_where_the_kernel_offers_them():
+    mode = _thp_mode()
+    if mode not in ("always", "madvise"):
+        pytest.skip(f"transparent huge pages are {mode or 'not available'} on this machine")
+    output, _ = _large_inference_output()
+    huge_kib = _anon_huge_kib_at(output.data_ptr())
+    # Every 2 MiB page of it could be a huge one; fragmentation may deny a few, never most.
+    assert huge_kib >= (MIN_HUGE_PAGE_BYTES >> 10) // 2, f"only {huge_kib} KiB of 32 MiB in huge pages"
