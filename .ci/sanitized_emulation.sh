@@ -33,6 +33,7 @@ print(f"built in {time.time() - start:.0f} s")
 PYEOF
 
 LIB=$(ls "$BUILD_DIR"/_C*.so | head -n 1)
-echo "== running the emulated-CUDA, op, work-split and huge-page buffer tests under ASan+UBSan ($LIB)"
+echo "== running the emulated-CUDA, op, work-split, GEMM block shape and huge-page buffer tests under ASan+UBSan ($LIB)"
 LSTM_EXT_LIBRARY="$LIB" "$PY" -m pytest -q -p no:cacheprovider --capture=sys tests/test_emulated_cuda.py tests/test_ops.py \
-  tests/test_cpu_work_split.py tests/test_huge_page_buffers.py
+  tests/test_cpu_work_split.py tests/test_huge_page_buffers.py \
+  "tests/test_cpu_variants.py::test_every_block_shape_matches_nn_lstm"

@@ -319,7 +319,8 @@ def peak_memory_bytes(step: Step, device: torch.device) -> int | None:
       when "5" is written to /proc/self/clear_refs, so each step gets a fresh peak;
     - glibc keeps freed heap pages resident and would hand the step pages an earlier step (or the other
       implementation) already faulted in, making its growth invisible; malloc_trim(0) returns all free
-      pages to the kernel first, so every page the step needs shows up in the peak;
+      pages to the kernel first, so every page the step needs shows up in the peak; for the same reason
+      lstm_ext.empty_cache() first returns the large buffers lstm_ext keeps for reuse;
     - not a forked child: torch's OpenMP (GNU libgomp) thread pool does not survive fork (the child hangs
       in its first parallel region), and a single-threaded child would measure another program.
     The number covers everything the step makes resident (tensors, saved activations, gradients, library
@@ -336,6 +337,7 @@ def peak_memory_bytes(step: Step, device: torch.device) -> int | None:
         return torch.cuda.max_memory_allocated(device) - before
     if not cpu_peak_memory_supported():
         return None
+    lstm_ext.empty_cache()
     _LIBC.malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")
@@ -350,8 +352,8 @@ def memory_method(device: torch.device) -> str:
     if device.type == "cuda":
         return "torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus memory_allocated before the step"
     if cpu_peak_memory_supported():
-        return ("peak resident-set increase of one step in this process after warm-up: malloc_trim(0), "
-                "VmHWM reset via /proc/self/clear_refs, then VmHWM - VmRSS before the step")
+        return ("peak resident-set increase of one step in this process after warm-up: lstm_ext.empty_cache(), "
+                "malloc_trim(0), VmHWM reset via /proc/self/clear_refs, then VmHWM - VmRSS before the step")
     return "unavailable (needs Linux /proc/self/clear_refs and glibc malloc_trim)"
 
 
@@ -429,14 +431,24 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def cpu_model() -> str | None:
+    """The CPU's model name, with its family and model numbers where /proc/cpuinfo has them: a
+    virtual machine may name only the brand ("AMD EPYC"), and the numbers tell its generation."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:
+                    break  # the first CPU is enough
     except OSError:
         pass
-    return platform.processor() or None
+    if "model name" not in fields:
+        return platform.processor() or None
+    numbers = ", ".join(f"{k} {fields[k]}" for k in ("cpu family", "model") if k in fields)
+    return f"{fields['model name']} ({numbers})" if numbers else fields["model name"]
 
 
 def nn_lstm_backend(device: torch.device, dtype: torch.dtype) -> dict:
@@ -497,6 +509,8 @@ def describe_environment(device: torch.device, dtype: torch.dtype) -> dict:
         "nn_lstm_backend": nn_lstm_backend(device, dtype),
         "lstm_ext_version": lstm_ext.__version__,
         "lstm_ext_compiled_backends": list(lstm_ext.compiled_backends()),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "lstm_ext_cpu_kernels": lstm_ext.cpu_kernels(),
         "lstm_ext_path": str(Path(lstm_ext.__file__).resolve().parent),
         "memory_method": memory_method(device),
     }
@@ -608,7 +622,9 @@ def write_csv(path: Path, rows: list[dict], environment: dict, settings: dict) -
         f"torch {environment['torch_version']}, {environment['torch_num_threads']} threads; "
         f"nn.LSTM backend: {backend['name']} ({backend['evidence']})",
         f"lstm_ext {environment['lstm_ext_version']}, "
-        f"compiled backends: {','.join(environment['lstm_ext_compiled_backends'])}",
+        f"compiled backends: {','.join(environment['lstm_ext_compiled_backends'])}, "
+        f"CPU kernels: {environment['lstm_ext_cpu_kernels']} (ATen's CPU capability: "
+        f"{environment['torch_cpu_capability']})",
         f"settings: {json.dumps(settings)}",
         f"peak memory: {environment['memory_method']}",
         f"CPU cores used by other processes during the sweep (average): "
@@ -703,7 +719,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     print(f"Sweeping {len(settings.points)} points × {len(settings.modes)} mode{'s' * (len(settings.modes) > 1)} "
           f"on {settings.device.type} "
           f"{dtype_name(settings.dtype)} ({environment['torch_num_threads']} threads; nn.LSTM on "
-          f"{environment['nn_lstm_backend']['name']}; lstm_ext {environment['lstm_ext_version']})",
+          f"{environment['nn_lstm_backend']['name']}; lstm_ext {environment['lstm_ext_version']}, "
+          f"{environment['lstm_ext_cpu_kernels']} CPU kernels)",
           file=sys.stderr)
 
     started = time.perf_counter()

@@ -158,6 +158,8 @@ class StepKernels {
 };
 
 const StepKernels& cpu_step_kernels();
+// Which instruction-set build cpu_step_kernels() runs: "avx512", "avx2" or "baseline".
+const char* cpu_step_kernels_name();
 #ifdef LSTM_EXT_WITH_CUDA
 const StepKernels& cuda_step_kernels();
 #endif

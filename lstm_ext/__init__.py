@@ -7,9 +7,10 @@ differentiable entry, lstm() the functional form, LSTM the module.
 """
 
 from ._version import __version__
-from ._ops import compiled_backends
+from ._ops import compiled_backends, cpu_cache_bytes, cpu_kernels, empty_cache
 from .autograd import LSTMFunction
 from .functional import lstm, lstm_cell
 from .modules import LSTM, LSTMCell
 
-__all__ = ["LSTM", "LSTMCell", "LSTMFunction", "lstm", "lstm_cell", "compiled_backends", "__version__"]
+__all__ = ["LSTM", "LSTMCell", "LSTMFunction", "lstm", "lstm_cell", "compiled_backends", "cpu_kernels",
+           "cpu_cache_bytes", "empty_cache", "__version__"]

@@ -18,6 +18,25 @@ def compiled_backends() -> tuple[str, ...]:
     return ("cpu", "cuda") if _C.WITH_CUDA else ("cpu",)
 
 
+def cpu_kernels() -> str:
+    """The instruction-set build of the CPU kernels this process runs: "avx512", "avx2" or "baseline".
+    lstm_ext follows ATen's choice (``torch.backends.cpu.get_cpu_capability()``), so the environment
+    variable ATEN_CPU_CAPABILITY (set before torch is imported) caps both."""
+    return _C.CPU_KERNELS
+
+
+def empty_cache() -> None:
+    """Returns the CPU buffers lstm_ext keeps for reuse to the system (as ``torch.cuda.empty_cache()``
+    does for CUDA's). Buffers of 32 MiB and more (a long sequence's gates, cells, outputs and their
+    gradients) are kept when freed, up to 1 GiB, so that the next call finds them already in memory."""
+    _C.empty_cpu_cache()
+
+
+def cpu_cache_bytes() -> int:
+    """Bytes of freed CPU buffers lstm_ext keeps for reuse (see empty_cache)."""
+    return _C.cpu_cache_bytes()
+
+
 @torch.library.register_fake("lstm_ext::lstm_layer_forward")
 def _lstm_layer_forward_fake(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse,
                              training):

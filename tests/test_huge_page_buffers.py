@@ -1,7 +1,8 @@
 """On the CPU, a pass's buffers of 32 MiB and more (gates, gate gradients, outputs) get mappings of their own
-in transparent huge pages (csrc/cpu/huge_page_allocator.h). Such tensors must behave like any other: the
-same numbers as nn.LSTM, outputs that resize and free like ATen's own, and, where the kernel offers huge
-pages, they are used."""
+in transparent huge pages (csrc/cpu/huge_page_allocator.h), kept for reuse when freed. Such tensors must
+behave like any other: the same numbers as nn.LSTM (also in reused memory that holds an earlier call's
+values), outputs that resize and free like ATen's own, and, where the kernel offers huge pages, they are
+used. The cache stays within its bound and lstm_ext.empty_cache() gives its memory back."""
 
 import re
 import sys
@@ -13,6 +14,7 @@ import lstm_ext
 from lstm_reference import TOLERANCES, Config, assert_equal_to_nn_lstm, make_inputs, make_pair, run_with_grads
 
 MIN_HUGE_PAGE_BYTES = 32 << 20  # kMinHugePageBytes
+MAX_CACHED_BYTES = 1 << 30  # kMaxCachedBytes
 
 
 def gate_bytes(cfg: Config, dtype) -> int:
@@ -90,7 +92,7 @@ def test_huge_page_output_equals_nn_lstm_resizes_and_frees():
     with torch.inference_mode():
         output.fill_(1.0)
     assert output.sum().item() == output.numel()
-    del output  # freeing unmaps; a second one must come out the same
+    del output  # freed into the cache; a second one (maybe in the same memory) must come out the same
     again, _ = _large_inference_output()
     assert torch.equal(again, kept)
 
@@ -104,3 +106,53 @@ def test_large_outputs_are_in_huge_pages_where_the_kernel_offers_them():
     huge_kib = _anon_huge_kib_at(output.data_ptr())
     # Every 2 MiB page of it could be a huge one; fragmentation may deny a few, never most.
     assert huge_kib >= (MIN_HUGE_PAGE_BYTES >> 10) // 2, f"only {huge_kib} KiB of 32 MiB in huge pages"
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="large buffers are mapped (and cached) on Linux only")
+def test_reused_buffers_give_nn_lstms_numbers_and_the_cache_stays_put():
+    # Two training steps on different data: the second one's gates, cells, outputs and gradients are the
+    # first one's freed buffers, holding its values. float64, so every result is held to 1e-9.
+    lstm_ext.empty_cache()
+    cfg = Config(seq_len=128, batch=128, input_size=8, hidden_size=64, given_state=True)
+    ref, ext = make_pair(cfg, torch.float64, "cpu")
+    cached = []
+    for _ in range(2):
+        x, hx = make_inputs(cfg, torch.float64, "cpu")
+        expected, actual = run_with_grads(ref, x, hx), run_with_grads(ext, x, hx)
+        for key in expected:
+            torch.testing.assert_close(actual[key], expected[key], **TOLERANCES[torch.float64],
+                                       msg=lambda m, key=key: f"{key}: {m}")
+        del actual
+        cached.append(lstm_ext.cpu_cache_bytes())
+    assert cached[0] >= 2 * MIN_HUGE_PAGE_BYTES, f"the step's large buffers were not kept: {cached[0]} bytes"
+    assert cached[1] == cached[0], f"the second step did not reuse the first one's buffers: {cached}"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="large buffers are mapped (and cached) on Linux only")
+def test_the_cache_keeps_at_most_its_bound_and_empty_cache_releases_it():
+    # Inference outputs of 32, 72, 162, 364 and 820 MiB ([T * 256, 32] float32), each more than twice the
+    # one before, so none reuses another: the cache grows past its bound and drops its oldest.
+    lstm_ext.empty_cache()
+    lstm = lstm_ext.LSTM(1, 32)
+    kept = []
+    for seq_len in (1024, 2304, 5184, 11648, 26240):
+        with torch.inference_mode():
+            output, _ = lstm(torch.zeros(seq_len, 256, 1))
+        size = output.numel() * output.element_size()
+        del output
+        kept.append(lstm_ext.cpu_cache_bytes())
+        assert size <= kept[-1] <= MAX_CACHED_BYTES, f"{kept[-1]} bytes cached after a {size}-byte output"
+    assert kept[-1] < (32 + 72 + 162 + 364 + 820) << 20, "nothing was dropped"
+    before = _resident_bytes()
+    lstm_ext.empty_cache()
+    assert lstm_ext.cpu_cache_bytes() == 0
+    released = before - _resident_bytes()
+    assert released >= kept[-1] * 0.9, f"empty_cache() released {released} of {kept[-1]} cached bytes"

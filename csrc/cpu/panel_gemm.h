@@ -1,8 +1,9 @@
 // panel_gemm.h -- the CPU's per-step product out[m, n] (+)= a[m, k] @ op(W) in float, for the few rows
 // a time step has. MKL's GEMM repacks W on every call and, at 4-8 rows, reaches a third of a core's
 // peak on the machines measured (benchmarks/README.md); here W is packed once per pass into panels of
-// kPanelWidth columns ([k][kPanelWidth] each, zero-padded at the end), and each block of up to kMaxRows
-// rows by one panel (or, for the last few rows, a few panels) is summed over k in registers.
+// kPanelWidth columns ([k][kPanelWidth] each, zero-padded at the end: two vectors wide, 16 floats with
+// AVX2, 32 with AVX-512), and each block of up to kMaxRows rows by one panel (or, for the last few rows,
+// a few panels) is summed over k in registers.
 //
 // Every output element is one running sum over k in increasing order, whatever m is, so results do not
 // depend on how the batch is split into chunks. Part of pointwise_cpu_kernels.h's variants: include only
@@ -22,7 +23,29 @@ namespace panel_gemm {
 
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kPanelWidth = 2 * Vec::size();
-constexpr int kMaxRows = 6;  // 6 x 2 accumulators, 2 panel vectors and a broadcast: 15 of 16 AVX2 registers
+#ifdef CPU_CAPABILITY_AVX512
+constexpr int kRegisters = 32;  // zmm0-31
+constexpr int kMaxRows = 12;    // 12 x 2 accumulators, 2 panel vectors and a broadcast: 27 of 32
+#else
+constexpr int kRegisters = 16;  // ymm0-15
+constexpr int kMaxRows = 6;     // 6 x 2 accumulators, 2 panel vectors and a broadcast: 15 of 16
+#endif
+
+// Vector registers a block of kRows rows by kPanels panels holds at once (see block): its accumulators,
+// then two panel vectors and a broadcast (one panel) or one panel vector and a broadcast per row.
+constexpr int block_registers(int rows, int panels) {
+  return rows * 2 * panels + (panels == 1 ? 3 : rows + 1);
+}
+
+// Panels per block for the last rows of a product (fewer than kMaxRows): enough that the block has at
+// least 12 independent FMA chains, where the registers allow it.
+constexpr int tail_panels(int rows) {
+  int panels = 1;
+  while (rows * 2 * panels < 12 && block_registers(rows, panels + 1) <= kRegisters) {
+    ++panels;
+  }
+  return panels;
+}
 
 // k per pass over the panels (see panel_rows). Measured in one process, 2 threads: the backward's k = 4H
 // products gain 6-9% from blocks of 256 or 512; the forward at k = 512 (H = 512) loses 7% with 256.
@@ -66,9 +89,9 @@ inline at::Tensor pack(const at::Tensor& weight, bool transpose) {
         std::fill_n(panel, k * kPanelWidth, 0.f);
       }
       if (cols == kPanelWidth) {
-        // op(W)[kk][col] = W[col][kk] by 8 x 8 register transposes of the panel's rows of W (a scalar
-        // scatter was a fifth of a small layer's forward), the last k % 8 one at a time.
-        constexpr int64_t kTile = 8;
+        // op(W)[kk][col] = W[col][kk] by register transposes of vector-wide tiles of the panel's rows of W
+        // (a scalar scatter was a fifth of a small layer's forward), the last k % kTile one at a time.
+        constexpr int64_t kTile = Vec::size();
         const float* w_rows = w + col0 * k;
         int64_t kk = 0;
         for (; kk + kTile <= k; kk += kTile) {
@@ -110,7 +133,7 @@ struct Panels {
 template <int kRows, int kPanels>
 inline void block(const float* a, int64_t lda, const Panels& w, int64_t panel, int64_t k, float* out, int64_t ldc,
                   bool accumulate) {
-  static_assert(kRows * kPanels <= kMaxRows && (kPanels == 1 || kRows <= 3), "16 AVX2 registers at most");
+  static_assert(block_registers(kRows, kPanels) <= kRegisters, "more registers than the CPU has");
   Vec acc[kRows][2 * kPanels];
   const float* panels[kPanels];
 #pragma GCC unroll 16
@@ -126,7 +149,7 @@ inline void block(const float* a, int64_t lda, const Panels& w, int64_t panel, i
   }
   for (int64_t kk = 0; kk < k; ++kk) {
     // Registers: the accumulators, then one panel vector and a broadcast per row (several panels), or two
-    // panel vectors and one broadcast (one panel): at most 16.
+    // panel vectors and one broadcast (one panel): block_registers.
     if constexpr (kPanels == 1) {
       const Vec w0 = Vec::loadu(panels[0] + kk * w.row_stride);
       const Vec w1 = Vec::loadu(panels[0] + kk * w.row_stride + Vec::size());
@@ -174,6 +197,19 @@ inline void rows_by_panels(const float* a, int64_t lda, const Panels& w, int64_t
   }
 }
 
+// The last `rows` (fewer than kMaxRows) rows by panels [first, last), tail_panels(rows) panels per block.
+template <int kRows>
+inline void tail_rows(int64_t rows, const float* a, int64_t lda, const Panels& w, int64_t first, int64_t last,
+                      int64_t k, float* out, int64_t ldc, bool accumulate) {
+  if constexpr (kRows > 0) {
+    if (rows == kRows) {
+      rows_by_panels<kRows, tail_panels(kRows)>(a, lda, w, first, last, k, out, ldc, accumulate);
+    } else {
+      tail_rows<kRows - 1>(rows, a, lda, w, first, last, k, out, ldc, accumulate);
+    }
+  }
+}
+
 // Rows [0, rows) by panels [first, last); out points at column 0 of row 0. Blocks of kMaxRows rows panel
 // by panel, so that a panel stays in L1 while the blocks pass; the last rows (fewer than kMaxRows) by
 // several panels per block. Each output element is the same running sum over k in increasing order in
@@ -197,14 +233,7 @@ inline void panel_rows(const float* a, int64_t lda, const Panels& w, int64_t fir
     }
     const float* a_rest = ak + full_rows * lda;
     float* out_rest = out + full_rows * ldc;
-    switch (rows - full_rows) {
-      case 5: rows_by_panels<5, 1>(a_rest, lda, wk, first, last, depth, out_rest, ldc, acc); break;
-      case 4: rows_by_panels<4, 1>(a_rest, lda, wk, first, last, depth, out_rest, ldc, acc); break;
-      case 3: rows_by_panels<3, 2>(a_rest, lda, wk, first, last, depth, out_rest, ldc, acc); break;
-      case 2: rows_by_panels<2, 3>(a_rest, lda, wk, first, last, depth, out_rest, ldc, acc); break;
-      case 1: rows_by_panels<1, 6>(a_rest, lda, wk, first, last, depth, out_rest, ldc, acc); break;
-      default: break;
-    }
+    tail_rows<kMaxRows - 1>(rows - full_rows, a_rest, lda, wk, first, last, depth, out_rest, ldc, acc);
   }
 }
 

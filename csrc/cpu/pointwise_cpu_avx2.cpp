@@ -4,8 +4,9 @@
 //
 // The instruction set is set here, not on the command line, so the rest of the extension stays
 // baseline: the pragma applies to everything below it, and the __AVX__/__AVX2__/__FMA__ macros make
-// ATen's and Sleef's headers declare their AVX2 paths. This file comes last in the link order, so
-// where it shares an inline function with another file the linker keeps the baseline copy.
+// ATen's and Sleef's headers declare their AVX2 paths. The vector builds come after the baseline files
+// in the link order, so where this file shares an inline function with one of those the linker keeps
+// the baseline copy (and this copy over the AVX-512 file's: pointwise_cpu_avx512.cpp).
 #if defined(__x86_64__) || defined(_M_X64)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")

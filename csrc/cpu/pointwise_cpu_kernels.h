@@ -2,9 +2,9 @@
 // at::parallel_for, units within a row in at::vec::Vectorized lanes with a scalar tail. The math is
 // lstm_math.h's, run on the vector type through a Transcendentals specialization.
 //
-// Compiled once per instruction set: pointwise_cpu.cpp (baseline) and pointwise_cpu_avx2.cpp define
-// LSTM_EXT_CPU_VARIANT (the namespace) and include this file; cpu_step_kernels() picks one at run
-// time. Include only from those files.
+// Compiled once per instruction set: pointwise_cpu.cpp (baseline), pointwise_cpu_avx2.cpp and
+// pointwise_cpu_avx512.cpp define LSTM_EXT_CPU_VARIANT (the namespace) and include this file;
+// cpu_step_kernels() picks one at run time. Include only from those files.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -150,7 +150,7 @@ void backward_step(const BackwardStepArgs& args) {
   });
 }
 
-#ifdef CPU_CAPABILITY_AVX2
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
 constexpr bool kPanelGemm = true;
 #else
 constexpr bool kPanelGemm = false;  // at::vec's baseline Vectorized is a loop over an array: BLAS is faster
@@ -307,7 +307,7 @@ class CpuStepKernels final : public StepKernels {
   static constexpr int64_t kMinRowsToPack = 4;
   static constexpr int64_t kMinTotalRowsToPack = 384;
   static constexpr int64_t kMaxPanelDepth = 1024;  // deeper long products go to BLAS (see matmul)
-  static constexpr int64_t kRowBlock = 96;  // rows of `a` kept in cache across panels: 16 register blocks
+  static constexpr int64_t kRowBlock = 96;  // rows of `a` kept in cache across panels: 16 blocks (AVX2), 8 (512)
 };
 
 }  // namespace

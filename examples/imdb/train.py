@@ -438,6 +438,9 @@ def main(argv=None):
             Path(args.metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
             print(f"wrote {args.metrics_out}")
     if dist.is_initialized():
+        # All ranks tear down together: a rank that destroyed its gloo group while rank 0 was still
+        # writing its files sometimes aborted at exit ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
 
 
