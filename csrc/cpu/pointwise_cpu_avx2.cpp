@@ -12,15 +12,7 @@
 #pragma GCC target("avx2,fma")
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
-#ifndef __AVX__
-#define __AVX__ 1
-#endif
-#ifndef __AVX2__
-#define __AVX2__ 1
-#endif
-#ifndef __FMA__
-#define __FMA__ 1
-#endif
+#include "avx2_macros.h"
 #define LSTM_EXT_CPU_VARIANT avx2
 #include "pointwise_cpu_kernels.h"
 #pragma GCC pop_options

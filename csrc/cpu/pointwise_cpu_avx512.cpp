@@ -11,15 +11,7 @@
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
-#ifndef __AVX__
-#define __AVX__ 1
-#endif
-#ifndef __AVX2__
-#define __AVX2__ 1
-#endif
-#ifndef __FMA__
-#define __FMA__ 1
-#endif
+#include "avx2_macros.h"
 #ifndef __AVX512F__
 #define __AVX512F__ 1
 #endif
