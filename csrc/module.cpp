@@ -13,8 +13,10 @@ PyObject* cpu_cache_bytes(PyObject*, PyObject*) {
 }
 
 PyObject* empty_cpu_cache(PyObject*, PyObject*) {
-  Py_BEGIN_ALLOW_THREADS lstm_ext::cpu::empty_huge_page_cache();
-  Py_END_ALLOW_THREADS Py_RETURN_NONE;
+  Py_BEGIN_ALLOW_THREADS  // unmapping a GiB takes a while: other Python threads may run meanwhile
+  lstm_ext::cpu::empty_huge_page_cache();
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
 }
 
 PyMethodDef methods[] = {

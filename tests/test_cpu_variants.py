@@ -56,7 +56,8 @@ def test_every_cpu_build_matches_nn_lstm(capability):
     child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *VARIANT_SUITE],
                            cwd=TESTS, env=_capability_env(capability), capture_output=True, text=True,
                            timeout=CHILD_TIMEOUT_S)
-    assert child.returncode == 0, f"the {variant} build failed its tests:\n{child.stdout[-6000:]}\n{child.stderr[-2000:]}"
+    assert child.returncode == 0, (f"the {variant} build failed its tests:\n{child.stdout[-6000:]}\n"
+                                   f"{child.stderr[-2000:]}")
     assert " passed" in child.stdout.splitlines()[-1], child.stdout[-2000:]
 
 

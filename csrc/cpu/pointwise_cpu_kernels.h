@@ -307,7 +307,8 @@ class CpuStepKernels final : public StepKernels {
   static constexpr int64_t kMinRowsToPack = 4;
   static constexpr int64_t kMinTotalRowsToPack = 384;
   static constexpr int64_t kMaxPanelDepth = 1024;  // deeper long products go to BLAS (see matmul)
-  static constexpr int64_t kRowBlock = 96;  // rows of `a` kept in cache across panels: 16 blocks (AVX2), 8 (512)
+  // Rows of `a` kept in cache across panels: 16 register blocks with AVX2, 8 with AVX-512.
+  static constexpr int64_t kRowBlock = 96;
 };
 
 }  // namespace
