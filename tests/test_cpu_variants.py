@@ -2,7 +2,7 @@
 time, following ATen's own choice (lstm_ext.cpu_kernels()). The process running the suite tests one of
 them; here every other one the machine can run goes through the CPU equivalence tests in a subprocess
 with ATEN_CPU_CAPABILITY set, and the per-step product's block shapes (which differ per build: 6 rows by
-16 columns with AVX2, 12 by 32 with AVX-512, and narrower blocks for the last rows) are checked against
+16 columns with AVX2, 6 by 64 with AVX-512, and other heights and widths for the remaining rows) are checked against
 nn.LSTM for every remainder of rows."""
 
 import os
@@ -69,14 +69,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-# B = 1..26 at one thread gives each step's product every row count: full blocks (6 rows with AVX2, 12
-# with AVX-512) and every remainder. H = 36 and 48: gate widths of 144 and 192, and, in the backward's
+# B = 1..26 at one thread gives each step's product every row count: full blocks of 6 rows and every
+# remainder (AVX2), or every split into blocks of 3-6 rows (AVX-512), and each one-block tail. H = 36 and 48: gate widths of 144 and 192, and, in the backward's
 # product, 36 and 48 columns: partial panels of both widths. H = 160: the backward's depth 4H = 640
 # is taken in two blocks of k.
 @pytest.mark.parametrize("hidden_size", [36, 48, 160])
 @pytest.mark.parametrize("batch", list(range(1, 27)))
 def test_every_block_shape_matches_nn_lstm(batch, hidden_size, one_thread):
     if hidden_size == 160 and batch % 5 != 1:
-        pytest.skip("H=160 (two depth blocks) at B = 1, 6, 11, ...: one of each block's remainders is enough")
+        pytest.skip("H=160 (two depth blocks) at B = 1, 6, 11, ...: a sample of the row counts is enough")
     cfg = Config(seq_len=3, batch=batch, input_size=20, hidden_size=hidden_size, given_state=True)
     assert_equal_to_nn_lstm(cfg, torch.float32, "cpu")

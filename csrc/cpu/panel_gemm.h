@@ -2,8 +2,8 @@
 // a time step has. MKL's GEMM repacks W on every call and, at 4-8 rows, reaches a third of a core's
 // peak on the machines measured (benchmarks/README.md); here W is packed once per pass into panels of
 // kPanelWidth columns ([k][kPanelWidth] each, zero-padded at the end: two vectors wide, 16 floats with
-// AVX2, 32 with AVX-512), and each block of up to kMaxRows rows by one panel (or, for the last few rows,
-// a few panels) is summed over k in registers.
+// AVX2, 32 with AVX-512), and each block of up to kMaxRows rows by one or two panels (or, for the last
+// few rows, a few more) is summed over k in registers.
 //
 // Every output element is one running sum over k in increasing order, whatever m is, so results do not
 // depend on how the batch is split into chunks. Part of pointwise_cpu_kernels.h's variants: include only
@@ -26,12 +26,18 @@ namespace panel_gemm {
 
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kPanelWidth = 2 * Vec::size();
+// The main block: kMaxRows rows by kMainPanels panels. With AVX-512, 6 rows by 2 panels (24 accumulators,
+// 4 panel vectors and 6 broadcasts per 24 FMAs) ran at 112-116 GFLOP/s on one Zen 4 core where 12 rows by
+// one panel (2 panel vectors and 12 broadcasts per 24 FMAs) ran at 104-110 (a [48-64, k] x [k, 384-2048]
+// product, k = 64-512, timed alone); at k = 1024, 116 against 85.
 #ifdef CPU_CAPABILITY_AVX512
-constexpr int kRegisters = 32;  // zmm0-31
-constexpr int kMaxRows = 12;    // 12 x 2 accumulators, 2 panel vectors and a broadcast: 27 of 32
+constexpr int kRegisters = 32;   // zmm0-31
+constexpr int kMaxRows = 6;      // 6 x 4 accumulators, 6 broadcasts and a panel vector: 31 of 32
+constexpr int kMainPanels = 2;
 #else
-constexpr int kRegisters = 16;  // ymm0-15
-constexpr int kMaxRows = 6;     // 6 x 2 accumulators, 2 panel vectors and a broadcast: 15 of 16
+constexpr int kRegisters = 16;   // ymm0-15
+constexpr int kMaxRows = 6;      // 6 x 2 accumulators, 2 panel vectors and a broadcast: 15 of 16
+constexpr int kMainPanels = 1;
 #endif
 
 // Vector registers a block of kRows rows by kPanels panels holds at once (see block): its accumulators,
@@ -231,6 +237,40 @@ inline void rows_by_panels(const float* a, int64_t lda, const Panels& w, int64_t
   }
 }
 
+// One block of `rows` (1..kRows) rows by kPanels panels.
+template <int kPanels, int kRows = kMaxRows>
+inline void block_of_rows(int64_t rows, const float* a, int64_t lda, const Panels& w, int64_t panel, int64_t k,
+                          float* out, int64_t ldc, bool accumulate) {
+  if constexpr (kRows > 1) {
+    if (rows < kRows) {
+      block_of_rows<kPanels, kRows - 1>(rows, a, lda, w, panel, k, out, ldc, accumulate);
+      return;
+    }
+  }
+  block<kRows, kPanels>(a, lda, w, panel, k, out, ldc, accumulate);
+}
+
+// Rows [0, rows) (at least kMaxRows) by panels [first, last): kPanels panels at a time, each group by all
+// row blocks, so that its panels stay in cache while the blocks pass; the rest in narrower groups. The
+// rows are cut into the fewest blocks of at most kMaxRows, of heights differing by at most one.
+template <int kPanels>
+inline void even_row_blocks(int64_t rows, const float* a, int64_t lda, const Panels& w, int64_t first, int64_t last,
+                            int64_t k, float* out, int64_t ldc, bool accumulate) {
+  const int64_t blocks = (rows + kMaxRows - 1) / kMaxRows;
+  int64_t p = first;
+  for (; p + kPanels <= last; p += kPanels) {
+    int64_t r = 0;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t height = rows / blocks + (b < rows % blocks ? 1 : 0);
+      block_of_rows<kPanels>(height, a + r * lda, lda, w, p, k, out + r * ldc + p * kPanelWidth, ldc, accumulate);
+      r += height;
+    }
+  }
+  if constexpr (kPanels > 1) {
+    even_row_blocks<kPanels - 1>(rows, a, lda, w, p, last, k, out, ldc, accumulate);
+  }
+}
+
 // The last `rows` (fewer than kMaxRows) rows by panels [first, last), tail_panels(rows) panels per block.
 template <int kRows>
 inline void tail_rows(int64_t rows, const float* a, int64_t lda, const Panels& w, int64_t first, int64_t last,
@@ -244,13 +284,13 @@ inline void tail_rows(int64_t rows, const float* a, int64_t lda, const Panels& w
   }
 }
 
-// Rows [0, rows) by panels [first, last); out points at column 0 of row 0. Blocks of kMaxRows rows panel
-// by panel, so that a panel stays in L1 while the blocks pass; the last rows (fewer than kMaxRows) by
-// several panels per block. Each output element is the same running sum over k in increasing order in
-// every block shape.
+// Rows [0, rows) by panels [first, last); out points at column 0 of row 0: blocks of up to kMaxRows rows
+// by kMainPanels panels (even_row_blocks), and rows fewer than kMaxRows by several panels per block
+// (tail_rows). Each output element is the same running sum over k in increasing order in every block
+// shape.
 inline void panel_rows(const float* a, int64_t lda, const Panels& w, int64_t first, int64_t last, int64_t k,
                        float* out, int64_t ldc, int64_t rows, bool accumulate) {
-  // k in blocks of kDepthBlock: a block's slice of a panel (32 KiB) stays in cache with the rows of a
+  // k in blocks of kDepthBlock: a block's slice of its panels stays in cache with the rows of a
   // while the row blocks pass, where a whole deep panel would not. Between blocks the sums go through
   // out as the float32 they are, so each is still one running sum over k in increasing order. At least
   // one block, so that k = 0 still writes the zeros.
@@ -259,15 +299,16 @@ inline void panel_rows(const float* a, int64_t lda, const Panels& w, int64_t fir
     const Panels wk{w.data + kb * w.row_stride, w.panel_stride, w.row_stride};
     const float* ak = a + kb;
     const bool acc = accumulate || kb > 0;
-    const int64_t full_rows = rows / kMaxRows * kMaxRows;
-    for (int64_t p = first; p < last; ++p) {
-      for (int64_t r = 0; r < full_rows; r += kMaxRows) {
-        block<kMaxRows, 1>(ak + r * lda, lda, wk, p, depth, out + r * ldc + p * kPanelWidth, ldc, acc);
-      }
+    // With several panels per block (AVX-512) all rows go into blocks of even height: a remainder's narrow
+    // block would stream every panel for a few rows (a 2-row tail at 32 rows made the H=512 forward
+    // slower). With one (AVX2) the full blocks come first and the remainder takes several panels.
+    const int64_t even_rows = kMainPanels > 1 && rows >= kMaxRows ? rows : rows / kMaxRows * kMaxRows;
+    if (even_rows > 0) {
+      even_row_blocks<kMainPanels>(even_rows, ak, lda, wk, first, last, depth, out, ldc, acc);
     }
-    const float* a_rest = ak + full_rows * lda;
-    float* out_rest = out + full_rows * ldc;
-    tail_rows<kMaxRows - 1>(rows - full_rows, a_rest, lda, wk, first, last, depth, out_rest, ldc, acc);
+    const float* a_rest = ak + even_rows * lda;
+    float* out_rest = out + even_rows * ldc;
+    tail_rows<kMaxRows - 1>(rows - even_rows, a_rest, lda, wk, first, last, depth, out_rest, ldc, acc);
   }
 }
 

@@ -1,6 +1,6 @@
 // pointwise_cpu_avx512.cpp -- the CPU step kernels built for AVX-512 (F, DQ, BW, VL, as ATen's own
 // AVX512 kernels): at::vec runs 16 floats per instruction, and panel_gemm's blocks use 32 vector
-// registers (12 rows by a 32-column panel). Used only where ATen itself runs its AVX512 kernels
+// registers (6 rows by two 32-column panels). Used only where ATen itself runs its AVX512 kernels
 // (pointwise_cpu.cpp asks at run time), so ATEN_CPU_CAPABILITY=avx2 selects the AVX2 build here too.
 //
 // As in pointwise_cpu_avx2.cpp, the instruction set is set by a pragma, not on the command line, and
