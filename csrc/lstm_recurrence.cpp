@@ -73,19 +73,20 @@ int64_t inference_block_steps(int64_t batch, int64_t gate_row_bytes, int64_t ste
 }
 
 // sum over steps of dG[t]^T h_{t-1}, as one GEMM over all rows.
-at::Tensor recurrent_weight_grad(const SequenceLayout& layout, const at::Tensor& grad_gates, const at::Tensor& output,
-                                 const at::Tensor& h0, bool reverse) {
+at::Tensor recurrent_weight_grad(const StepKernels& steps, const SequenceLayout& layout, const at::Tensor& grad_gates,
+                                 const at::Tensor& output, const at::Tensor& h0, bool reverse) {
   const int64_t T = layout.steps(), B = layout.batch, P = h0.size(1);  // P: the width of h
   if (T == 0) {
     return at::zeros({grad_gates.size(1), P}, grad_gates.options());
   }
+  at::Tensor grad = at::empty({grad_gates.size(1), P}, grad_gates.options());
   if (layout.uniform()) {
     // A padded batch: the first step pairs with h0, the others with one contiguous block of output rows.
     const int64_t first_t = reverse ? T - 1 : 0;
-    at::Tensor grad = at::mm(grad_gates.narrow(0, first_t * B, B).t(), h0);
+    steps.transposed_matmul(grad, grad_gates.narrow(0, first_t * B, B), h0, /*accumulate=*/false);
     if (T > 1) {
-      grad.addmm_(grad_gates.narrow(0, reverse ? 0 : B, (T - 1) * B).t(),
-                  output.narrow(0, reverse ? B : 0, (T - 1) * B));
+      steps.transposed_matmul(grad, grad_gates.narrow(0, reverse ? 0 : B, (T - 1) * B),
+                              output.narrow(0, reverse ? B : 0, (T - 1) * B), /*accumulate=*/true);
     }
     return grad;
   }
@@ -99,7 +100,8 @@ at::Tensor recurrent_weight_grad(const SequenceLayout& layout, const at::Tensor&
           .copy_(as_tensor(previous_rows(s, output_rows, h0_rows, first, count, from_prev), output.options()));
     });
   }
-  return at::mm(grad_gates.t(), h_prev);
+  steps.transposed_matmul(grad, grad_gates, h_prev, /*accumulate=*/false);
+  return grad;
 }
 
 }  // namespace
@@ -307,8 +309,9 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
   } else {
     result.grad_input = at::empty({0}, options);
   }
-  result.grad_weight_ih = at::mm(grad_gates.t(), input);
-  result.grad_weight_hh = recurrent_weight_grad(layout, grad_gates, saved.output, h0, reverse);
+  result.grad_weight_ih = at::empty({grad_gates.size(1), input.size(1)}, options);
+  steps.transposed_matmul(result.grad_weight_ih, grad_gates, input.contiguous(), /*accumulate=*/false);
+  result.grad_weight_hh = recurrent_weight_grad(steps, layout, grad_gates, saved.output, h0, reverse);
   result.grad_bias = has_bias ? grad_gates.sum(0) : at::empty({0}, options);
   result.grad_weight_hr = projected ? at::mm(grad_h_total.t(), saved.unprojected) : at::empty({0}, options);
   result.grad_h0 = grad_h;

@@ -1,5 +1,5 @@
-// step_kernels.cpp -- the default per-step matrix product (ATen's: MKL/oneDNN on the CPU, cuBLAS on the
-// current stream on CUDA) and the default single share of the work.
+// step_kernels.cpp -- the default per-step and weight-gradient matrix products (ATen's: MKL/oneDNN on the
+// CPU, cuBLAS on the current stream on CUDA) and the default single share of the work.
 #include "step_kernels.h"
 
 #include <ATen/ATen.h>
@@ -43,6 +43,16 @@ void StepKernels::matmul(const RowBlock& out, const RowBlock& a, const StepWeigh
     result.addmm_(lhs, b);
   } else {
     at::mm_out(result, lhs, b);
+  }
+}
+
+void StepKernels::transposed_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                                    bool accumulate) const {
+  at::Tensor result = out;  // addmm_ and mm_out take a mutable reference
+  if (accumulate) {
+    result.addmm_(a.t(), b);
+  } else {
+    at::mm_out(result, a.t(), b);
   }
 }
 

@@ -140,6 +140,11 @@ class StepKernels {
     matmul(out, a, weight, accumulate, IndexRange{0, out.cols});
   }
 
+  // out (+)= a^T @ b for a [k, m], b [k, n], out [m, n], contiguous, one dtype: the weight gradients after
+  // the backward's loop (k: every row of the sequence). ATen's mm here; the CPU has its own for float.
+  virtual void transposed_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                                 bool accumulate) const;
+
   // Runs fn over shares that together cover sequences [0, batch) x units [0, hidden), each exactly once;
   // with every share's units [0, hidden) unless may_split_units (not with a projection, whose product
   // needs all of a step's units before the step's h exists). Sequences never interact within a

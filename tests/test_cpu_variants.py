@@ -21,7 +21,8 @@ VARIANT_OF_CAPABILITY = {"AVX512": "avx512", "AVX2": "avx2", "DEFAULT": "baselin
 # The CPU tests each build runs: equivalence with nn.LSTM over the module's options, dtypes, the
 # thread splits, the cell, and this file's block shapes.
 VARIANT_SUITE = ["test_equivalence.py", "test_cpu_work_split.py", "test_dtypes.py", "test_cell.py",
-                 "test_cpu_variants.py::test_every_block_shape_matches_nn_lstm"]
+                 "test_cpu_variants.py::test_every_block_shape_matches_nn_lstm",
+                 "test_cpu_variants.py::test_weight_gradients_match_nn_lstm"]
 CHILD_TIMEOUT_S = 600
 
 
@@ -70,8 +71,9 @@ def one_thread():
 
 
 # B = 1..26 at one thread gives each step's product every row count: full blocks of 6 rows and every
-# remainder (AVX2), or every split into blocks of 3-6 rows (AVX-512), and each one-block tail. H = 36 and 48: gate widths of 144 and 192, and, in the backward's
-# product, 36 and 48 columns: partial panels of both widths. H = 160: the backward's depth 4H = 640
+# remainder (AVX2), or every split into blocks of 3-6 rows (AVX-512), and each one-block tail. H = 36
+# and 48: gate widths of 144 and 192, and, in the backward's product, 36 and 48 columns: partial panels
+# of both widths. H = 160: the backward's depth 4H = 640
 # is taken in two blocks of k.
 @pytest.mark.parametrize("hidden_size", [36, 48, 160])
 @pytest.mark.parametrize("batch", list(range(1, 27)))
@@ -80,3 +82,19 @@ def test_every_block_shape_matches_nn_lstm(batch, hidden_size, one_thread):
         pytest.skip("H=160 (two depth blocks) at B = 1, 6, 11, ...: a sample of the row counts is enough")
     cfg = Config(seq_len=3, batch=batch, input_size=20, hidden_size=hidden_size, given_state=True)
     assert_equal_to_nn_lstm(cfg, torch.float32, "cpu")
+
+
+# The weight gradients' product (csrc/cpu/weight_grad_gemm.h, the vector builds) sums over k = T * B =
+# 333 rows: blocks of 256 and a remainder; its threads split the 4H rows of dW. Its paths by width n
+# (I for dW_ih, H for dW_hh): 36 and 200 (a partial last panel), 64 (b read in place, a in place), 160
+# and 200 (a copied).
+@pytest.mark.parametrize("input_size,hidden_size", [(200, 36), (64, 160), (36, 64)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_weight_gradients_match_nn_lstm(input_size, hidden_size, threads):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        cfg = Config(seq_len=37, batch=9, input_size=input_size, hidden_size=hidden_size, given_state=True)
+        assert_equal_to_nn_lstm(cfg, torch.float32, "cpu")
+    finally:
+        torch.set_num_threads(saved)

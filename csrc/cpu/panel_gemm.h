@@ -170,7 +170,10 @@ struct Panels {
 // kRows rows of out (row stride ldc) by kPanels adjacent panels (kPanels * kPanelWidth columns). A
 // block's accumulators are its only independent FMA chains: few rows (a step of a small batch) take
 // several panels at once, so that the chains hide the FMA latency instead of waiting on it.
-template <int kRows, int kPanels>
+//
+// `a` is A row-major (element [r][kk] at a[r * lda + kk]) or, with kTransposedA, A^T row-major
+// (a[kk * lda + r]: a block's broadcasts at one kk are adjacent), the weight gradients' dG^T.
+template <int kRows, int kPanels, bool kTransposedA = false>
 inline void block(const float* a, int64_t lda, const Panels& w, int64_t panel, int64_t k, float* out, int64_t ldc,
                   bool accumulate) {
   static_assert(block_registers(kRows, kPanels) <= kRegisters, "more registers than the CPU has");
@@ -190,12 +193,13 @@ inline void block(const float* a, int64_t lda, const Panels& w, int64_t panel, i
   for (int64_t kk = 0; kk < k; ++kk) {
     // Registers: the accumulators, then one panel vector and a broadcast per row (several panels), or two
     // panel vectors and one broadcast (one panel): block_registers.
+    const auto a_at = [&](int r) { return kTransposedA ? a[kk * lda + r] : a[r * lda + kk]; };
     if constexpr (kPanels == 1) {
       const Vec w0 = Vec::loadu(panels[0] + kk * w.row_stride);
       const Vec w1 = Vec::loadu(panels[0] + kk * w.row_stride + Vec::size());
 #pragma GCC unroll 16
       for (int r = 0; r < kRows; ++r) {
-        const Vec ar(a[r * lda + kk]);
+        const Vec ar(a_at(r));
         acc[r][0] = at::vec::fmadd(ar, w0, acc[r][0]);
         acc[r][1] = at::vec::fmadd(ar, w1, acc[r][1]);
       }
@@ -203,7 +207,7 @@ inline void block(const float* a, int64_t lda, const Panels& w, int64_t panel, i
       Vec ar[kRows];
 #pragma GCC unroll 16
       for (int r = 0; r < kRows; ++r) {
-        ar[r] = Vec(a[r * lda + kk]);
+        ar[r] = Vec(a_at(r));
       }
 #pragma GCC unroll 16
       for (int v = 0; v < 2 * kPanels; ++v) {
@@ -238,36 +242,41 @@ inline void rows_by_panels(const float* a, int64_t lda, const Panels& w, int64_t
 }
 
 // One block of `rows` (1..kRows) rows by kPanels panels.
-template <int kPanels, int kRows = kMaxRows>
+template <int kPanels, bool kTransposedA = false, int kRows = kMaxRows>
 inline void block_of_rows(int64_t rows, const float* a, int64_t lda, const Panels& w, int64_t panel, int64_t k,
                           float* out, int64_t ldc, bool accumulate) {
   if constexpr (kRows > 1) {
     if (rows < kRows) {
-      block_of_rows<kPanels, kRows - 1>(rows, a, lda, w, panel, k, out, ldc, accumulate);
+      block_of_rows<kPanels, kTransposedA, kRows - 1>(rows, a, lda, w, panel, k, out, ldc, accumulate);
       return;
     }
   }
-  block<kRows, kPanels>(a, lda, w, panel, k, out, ldc, accumulate);
+  block<kRows, kPanels, kTransposedA>(a, lda, w, panel, k, out, ldc, accumulate);
 }
 
-// Rows [0, rows) (at least kMaxRows) by panels [first, last): kPanels panels at a time, each group by all
-// row blocks, so that its panels stay in cache while the blocks pass; the rest in narrower groups. The
-// rows are cut into the fewest blocks of at most kMaxRows, of heights differing by at most one.
-template <int kPanels>
+// Where row block b of `rows` rows starts: the rows are cut into `blocks` blocks whose heights differ by
+// at most one.
+inline int64_t row_block_begin(int64_t rows, int64_t blocks, int64_t b) {
+  return b * (rows / blocks) + std::min(b, rows % blocks);
+}
+
+// Rows [0, rows) by panels [first, last): kPanels panels at a time, each group by all row blocks, so
+// that its panels stay in cache while the blocks pass; the rest in narrower groups. The rows are cut
+// into the fewest blocks of at most kMaxRows (row_block_begin). `a` as in block.
+template <int kPanels, bool kTransposedA = false>
 inline void even_row_blocks(int64_t rows, const float* a, int64_t lda, const Panels& w, int64_t first, int64_t last,
                             int64_t k, float* out, int64_t ldc, bool accumulate) {
   const int64_t blocks = (rows + kMaxRows - 1) / kMaxRows;
   int64_t p = first;
   for (; p + kPanels <= last; p += kPanels) {
-    int64_t r = 0;
     for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t height = rows / blocks + (b < rows % blocks ? 1 : 0);
-      block_of_rows<kPanels>(height, a + r * lda, lda, w, p, k, out + r * ldc + p * kPanelWidth, ldc, accumulate);
-      r += height;
+      const int64_t r = row_block_begin(rows, blocks, b), height = row_block_begin(rows, blocks, b + 1) - r;
+      block_of_rows<kPanels, kTransposedA>(height, kTransposedA ? a + r : a + r * lda, lda, w, p, k, out + r * ldc + p * kPanelWidth, ldc,
+                                       accumulate);
     }
   }
   if constexpr (kPanels > 1) {
-    even_row_blocks<kPanels - 1>(rows, a, lda, w, p, last, k, out, ldc, accumulate);
+    even_row_blocks<kPanels - 1, kTransposedA>(rows, a, lda, w, p, last, k, out, ldc, accumulate);
   }
 }
 

@@ -21,6 +21,7 @@
 #include "huge_page_allocator.h"
 #include "panel_gemm.h"
 #include "spin_barrier.h"
+#include "weight_grad_gemm.h"
 
 #ifndef LSTM_EXT_CPU_VARIANT
 #error "define LSTM_EXT_CPU_VARIANT before including pointwise_cpu_kernels.h"
@@ -222,6 +223,17 @@ class CpuStepKernels final : public StepKernels {
     if (!blas_gemm(out, a, weight, accumulate, columns)) {
       StepKernels::matmul(out, a, weight, accumulate, columns);
     }
+  }
+  void transposed_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                         bool accumulate) const override {
+    if (!kPanelGemm || out.scalar_type() != at::kFloat) {
+      StepKernels::transposed_matmul(out, a, b, accumulate);
+      return;
+    }
+    TORCH_INTERNAL_ASSERT(out.is_contiguous() && a.is_contiguous() && b.is_contiguous() &&
+                          a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat);
+    weight_grad_gemm::gemm_transposed_a(a.const_data_ptr<float>(), b.const_data_ptr<float>(), a.size(0), a.size(1),
+                                        b.size(1), out.mutable_data_ptr<float>(), accumulate);
   }
   // A chunk per thread, each running all its steps with single-threaded GEMMs and pointwise passes
   // (nested parallelism is off): no thread wakes up or waits per step. A batch with fewer sequences than

@@ -1,0 +1,124 @@
+// weight_grad_gemm.h -- out[m, n] (+)= a[k, m]^T @ b[k, n] in float: the weight gradients after the
+// backward's loop (dW = dG^T @ [x | h_prev], k = every row of the sequence). MKL's sgemm runs its AVX2
+// code on AMD CPUs: 136-192 GFLOP/s on the Zen 4's two cores at these shapes. Here panel_gemm's blocks,
+// a k block at a time: b's rows packed into panels (kept in cache while the row blocks of out pass), a
+// read as A^T (a block's broadcasts at one step of k are adjacent floats of a row of a), in place or,
+// where m is a large power of two, through a copy with a stride that spreads its rows over L1's sets.
+//
+// The threads split out's rows. Each output element is one running sum over k in increasing order
+// (between k blocks through out, as the float32 it is), whatever the number of threads. Part of
+// pointwise_cpu_kernels.h's variants: include only from there, after panel_gemm.h.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace lstm_ext {
+namespace LSTM_EXT_CPU_VARIANT {
+namespace weight_grad_gemm {
+
+using panel_gemm::kMainPanels;
+using panel_gemm::kMaxRows;
+using panel_gemm::kPanelWidth;
+
+constexpr int64_t kDepthBlock = 256;  // k per packed block: b's [n / 32][256][32] floats (256 KiB at n = 256)
+constexpr int64_t kRowBlock = 96;     // out's rows per pass over b's panels
+// a's k block for kRowBlock rows of out, copied: [256][104] floats, 104 KiB (a stride of 416 bytes).
+constexpr int64_t kCopyStride = kRowBlock + 8;
+// Measured in one process (the backward op alone, 2 threads): copied, H = 256 4-7% faster than read in
+// place, but H = 64 (n = 64) 4-8% slower; in place at H = 256 on a par with MKL, at H = 64 9-13% faster.
+constexpr int64_t kMinColumnsToCopyA = 128;
+// b read in place rather than packed per k block (each thread packs all of b, for few rows of out at
+// small H): T=512, B=128, H=64 backward 5% faster (n = 64), others within noise.
+constexpr int64_t kMaxColumnsInPlace = 128;
+
+// Rows [kb, kb + depth) of b [*, n] as panels [panel_count(n)][depth][kPanelWidth], zero past column n.
+inline void pack_b(const float* b, int64_t n, int64_t depth, float* packed) {
+  const int64_t panels = panel_gemm::panel_count(n);
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t col0 = p * kPanelWidth, cols = std::min(kPanelWidth, n - col0);
+    float* panel = packed + p * depth * kPanelWidth;
+    for (int64_t kk = 0; kk < depth; ++kk) {
+      std::copy_n(b + kk * n + col0, cols, panel + kk * kPanelWidth);
+      std::fill(panel + kk * kPanelWidth + cols, panel + (kk + 1) * kPanelWidth, 0.f);
+    }
+  }
+}
+
+// Columns [col0, col0 + rows) of `depth` rows of a [*, m] into [depth][ld].
+inline void copy_a(const float* a, int64_t m, int64_t col0, int64_t rows, int64_t depth, float* copy, int64_t ld) {
+  for (int64_t kk = 0; kk < depth; ++kk) {
+    std::copy_n(a + kk * m + col0, rows, copy + kk * ld);
+  }
+}
+
+// Rows [m0, m1) of out, with this thread's buffers.
+inline void rows_of_product(const float* a, const float* b, int64_t k, int64_t m, int64_t n, float* out,
+                            bool accumulate, int64_t m0, int64_t m1) {
+  const int64_t panels = panel_gemm::panel_count(n), full_panels = n / kPanelWidth, tail = n % kPanelWidth;
+  // b [k, n] with whole panels is panels already (row stride n); read in place where its rows are close
+  // enough not to crowd a few of L1's sets (see kMaxColumnsInPlace).
+  const bool b_in_place = tail == 0 && n <= kMaxColumnsInPlace;
+  std::vector<float> b_packed(b_in_place ? 0 : panels * std::min(k, kDepthBlock) * kPanelWidth);
+  std::vector<float> a_copy(n >= kMinColumnsToCopyA ? kCopyStride * std::min(k, kDepthBlock) : 0);
+  // At least one k block, so that k = 0 still writes the zeros.
+  for (int64_t kb = 0; kb == 0 || kb < k; kb += kDepthBlock) {
+    const int64_t depth = std::min(kDepthBlock, k - kb);
+    const bool acc = accumulate || kb > 0;
+    if (!b_in_place) {
+      pack_b(b + kb * n, n, depth, b_packed.data());
+    }
+    const panel_gemm::Panels b_panels = b_in_place ? panel_gemm::Panels{b + kb * n, kPanelWidth, n}
+                                                   : panel_gemm::Panels{b_packed.data(), depth * kPanelWidth, kPanelWidth};
+    for (int64_t r0 = m0; r0 < m1; r0 += kRowBlock) {
+      const int64_t rows = std::min(kRowBlock, m1 - r0);
+      // Read in place, a block's steps of k are m floats apart (at m = 1024, 4 KiB: all in one set of L1);
+      // copied, kCopyStride apart. The copy pays where each element meets enough columns of b.
+      const bool copied = n >= kMinColumnsToCopyA;
+      if (copied) {
+        copy_a(a + kb * m, m, r0, rows, depth, a_copy.data(), kCopyStride);
+      }
+      const float* a_rows = copied ? a_copy.data() : a + kb * m + r0;  // out's rows r0.. are a's columns
+      const int64_t lda = copied ? kCopyStride : m;
+      float* out_rows = out + r0 * n;
+      panel_gemm::even_row_blocks<kMainPanels, true>(rows, a_rows, lda, b_panels, 0, full_panels, depth, out_rows, n,
+                                                     acc);
+      if (tail != 0) {
+        // The partial last panel into a full-width tile; only its real columns go back to out.
+        float staged[kRowBlock * kPanelWidth];
+        for (int64_t r = 0; r < rows; ++r) {
+          std::fill_n(staged + r * kPanelWidth, kPanelWidth, 0.f);
+          if (acc) {
+            std::copy_n(out_rows + r * n + full_panels * kPanelWidth, tail, staged + r * kPanelWidth);
+          }
+        }
+        const panel_gemm::Panels last_panel{b_packed.data() + full_panels * b_panels.panel_stride, 0, kPanelWidth};
+        panel_gemm::even_row_blocks<1, true>(rows, a_rows, lda, last_panel, 0, 1, depth, staged,
+                                             kPanelWidth, acc);
+        for (int64_t r = 0; r < rows; ++r) {
+          std::copy_n(staged + r * kPanelWidth, tail, out_rows + r * n + full_panels * kPanelWidth);
+        }
+      }
+    }
+  }
+}
+
+// out[m, n] (+)= a[k, m]^T @ b[k, n]; all contiguous row-major float. The threads take ranges of out's
+// rows, a multiple of kMaxRows each, where there is enough work to pay for waking them.
+inline void gemm_transposed_a(const float* a, const float* b, int64_t k, int64_t m, int64_t n, float* out,
+                              bool accumulate) {
+  constexpr int64_t kMinMacsPerThread = int64_t{1} << 18;
+  const int64_t row_blocks = (m + kMaxRows - 1) / kMaxRows;
+  const int64_t macs_per_block = std::max<int64_t>(kMaxRows * k * n, 1);
+  const int64_t grain = (kMinMacsPerThread + macs_per_block - 1) / macs_per_block;
+  at::parallel_for(0, row_blocks, grain, [&](int64_t first, int64_t last) {
+    rows_of_product(a, b, k, m, n, out, accumulate, first * kMaxRows, std::min(m, last * kMaxRows));
+  });
+}
+
+}  // namespace weight_grad_gemm
+}  // namespace LSTM_EXT_CPU_VARIANT
+}  // namespace lstm_ext
