@@ -143,12 +143,7 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   const RowBlock h0_rows = row_block(h0), c0_rows = row_block(c0), c_rows = row_block(c_state);
   const RowBlock unprojected_rows = row_block(unprojected), input_rows = row_block(input);
   const auto project_input = [&](const RowBlock& gates_block, const RowBlock& input_block, IndexRange columns) {
-    if (bias.defined()) {
-      as_tensor(gates_block, options)
-          .narrow(1, columns.begin, columns.size())
-          .copy_(bias.narrow(0, columns.begin, columns.size()).expand({gates_block.rows, columns.size()}));
-    }
-    steps.matmul(gates_block, input_block, weight_ih, /*accumulate=*/bias.defined(), columns);
+    steps.project(gates_block, input_block, weight_ih, bias, columns);
   };
   StepWeight weight_hh;  // prepared after the (in training, only) input projection, which frees W_ih's copy
   const StepWeight weight_hr =

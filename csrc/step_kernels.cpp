@@ -46,6 +46,16 @@ void StepKernels::matmul(const RowBlock& out, const RowBlock& a, const StepWeigh
   }
 }
 
+void StepKernels::project(const RowBlock& out, const RowBlock& a, const StepWeight& weight, const at::Tensor& bias,
+                          IndexRange columns) const {
+  if (bias.defined() && out.rows > 0) {
+    as_tensor(out, bias.options())
+        .narrow(1, columns.begin, columns.size())
+        .copy_(bias.narrow(0, columns.begin, columns.size()).expand({out.rows, columns.size()}));
+  }
+  matmul(out, a, weight, /*accumulate=*/bias.defined(), columns);
+}
+
 void StepKernels::transposed_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
                                     bool accumulate) const {
   at::Tensor result = out;  // addmm_ and mm_out take a mutable reference

@@ -140,6 +140,12 @@ class StepKernels {
     matmul(out, a, weight, accumulate, IndexRange{0, out.cols});
   }
 
+  // Columns `columns` of out = bias + a @ op(weight) (bias [n], the same for every row; undefined: none),
+  // the input projection. Here the bias is copied into out's rows and matmul adds the product to it; the
+  // CPU starts its sums from the bias (the same sums, without the pass over out).
+  virtual void project(const RowBlock& out, const RowBlock& a, const StepWeight& weight, const at::Tensor& bias,
+                       IndexRange columns) const;
+
   // out (+)= a^T @ b for a [k, m], b [k, n], out [m, n], contiguous, one dtype: the weight gradients after
   // the backward's loop (k: every row of the sequence). ATen's mm here; the CPU has its own for float.
   virtual void transposed_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,

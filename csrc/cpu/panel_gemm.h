@@ -158,6 +158,14 @@ inline at::Tensor pack(const at::Tensor& weight, bool transpose) {
   return packed;
 }
 
+// Where a product's sums start: from out (accumulate), else from `bias` (a row of n, at column 0 of the
+// product, the same for every row), else from zero. The bias first, then the k terms: the sums that
+// adding the bias beforehand and accumulating would give.
+struct Start {
+  bool accumulate = false;
+  const float* bias = nullptr;
+};
+
 // Where the panels are: row kk of panel p at data + p * panel_stride + kk * row_stride. Packed by pack():
 // panel_stride = k * kPanelWidth, row_stride = kPanelWidth. A row-major op(W) = W [k, n] with n a multiple
 // of kPanelWidth is already panels, read in place: panel_stride = kPanelWidth, row_stride = n.
@@ -175,7 +183,7 @@ struct Panels {
 // (a[kk * lda + r]: a block's broadcasts at one kk are adjacent), the weight gradients' dG^T.
 template <int kRows, int kPanels, bool kTransposedA = false>
 inline void block(const float* a, int64_t lda, const Panels& w, int64_t panel, int64_t k, float* out, int64_t ldc,
-                  bool accumulate) {
+                  Start start) {
   static_assert(block_registers(kRows, kPanels) <= kRegisters, "more registers than the CPU has");
   Vec acc[kRows][2 * kPanels];
   const float* panels[kPanels];
@@ -187,7 +195,9 @@ inline void block(const float* a, int64_t lda, const Panels& w, int64_t panel, i
   for (int r = 0; r < kRows; ++r) {
 #pragma GCC unroll 16
     for (int v = 0; v < 2 * kPanels; ++v) {
-      acc[r][v] = accumulate ? Vec::loadu(out + r * ldc + v * Vec::size()) : Vec(0.f);
+      acc[r][v] = start.accumulate      ? Vec::loadu(out + r * ldc + v * Vec::size())
+                  : start.bias != nullptr ? Vec::loadu(start.bias + panel * kPanelWidth + v * Vec::size())
+                                          : Vec(0.f);
     }
   }
   for (int64_t kk = 0; kk < k; ++kk) {
@@ -231,27 +241,27 @@ inline void block(const float* a, int64_t lda, const Panels& w, int64_t panel, i
 // kRows rows by panels [first, last): kPanels at a time, the rest in one narrower block.
 template <int kRows, int kPanels>
 inline void rows_by_panels(const float* a, int64_t lda, const Panels& w, int64_t first, int64_t last, int64_t k,
-                           float* out, int64_t ldc, bool accumulate) {
+                           float* out, int64_t ldc, Start start) {
   int64_t p = first;
   for (; p + kPanels <= last; p += kPanels) {
-    block<kRows, kPanels>(a, lda, w, p, k, out + p * kPanelWidth, ldc, accumulate);
+    block<kRows, kPanels>(a, lda, w, p, k, out + p * kPanelWidth, ldc, start);
   }
   if constexpr (kPanels > 1) {
-    rows_by_panels<kRows, kPanels - 1>(a, lda, w, p, last, k, out, ldc, accumulate);
+    rows_by_panels<kRows, kPanels - 1>(a, lda, w, p, last, k, out, ldc, start);
   }
 }
 
 // One block of `rows` (1..kRows) rows by kPanels panels.
 template <int kPanels, bool kTransposedA = false, int kRows = kMaxRows>
 inline void block_of_rows(int64_t rows, const float* a, int64_t lda, const Panels& w, int64_t panel, int64_t k,
-                          float* out, int64_t ldc, bool accumulate) {
+                          float* out, int64_t ldc, Start start) {
   if constexpr (kRows > 1) {
     if (rows < kRows) {
-      block_of_rows<kPanels, kTransposedA, kRows - 1>(rows, a, lda, w, panel, k, out, ldc, accumulate);
+      block_of_rows<kPanels, kTransposedA, kRows - 1>(rows, a, lda, w, panel, k, out, ldc, start);
       return;
     }
   }
-  block<kRows, kPanels, kTransposedA>(a, lda, w, panel, k, out, ldc, accumulate);
+  block<kRows, kPanels, kTransposedA>(a, lda, w, panel, k, out, ldc, start);
 }
 
 // Where row block b of `rows` rows starts: the rows are cut into `blocks` blocks whose heights differ by
@@ -265,30 +275,30 @@ inline int64_t row_block_begin(int64_t rows, int64_t blocks, int64_t b) {
 // into the fewest blocks of at most kMaxRows (row_block_begin). `a` as in block.
 template <int kPanels, bool kTransposedA = false>
 inline void even_row_blocks(int64_t rows, const float* a, int64_t lda, const Panels& w, int64_t first, int64_t last,
-                            int64_t k, float* out, int64_t ldc, bool accumulate) {
+                            int64_t k, float* out, int64_t ldc, Start start) {
   const int64_t blocks = (rows + kMaxRows - 1) / kMaxRows;
   int64_t p = first;
   for (; p + kPanels <= last; p += kPanels) {
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t r = row_block_begin(rows, blocks, b), height = row_block_begin(rows, blocks, b + 1) - r;
       block_of_rows<kPanels, kTransposedA>(height, kTransposedA ? a + r : a + r * lda, lda, w, p, k, out + r * ldc + p * kPanelWidth, ldc,
-                                       accumulate);
+                                       start);
     }
   }
   if constexpr (kPanels > 1) {
-    even_row_blocks<kPanels - 1, kTransposedA>(rows, a, lda, w, p, last, k, out, ldc, accumulate);
+    even_row_blocks<kPanels - 1, kTransposedA>(rows, a, lda, w, p, last, k, out, ldc, start);
   }
 }
 
 // The last `rows` (fewer than kMaxRows) rows by panels [first, last), tail_panels(rows) panels per block.
 template <int kRows>
 inline void tail_rows(int64_t rows, const float* a, int64_t lda, const Panels& w, int64_t first, int64_t last,
-                      int64_t k, float* out, int64_t ldc, bool accumulate) {
+                      int64_t k, float* out, int64_t ldc, Start start) {
   if constexpr (kRows > 0) {
     if (rows == kRows) {
-      rows_by_panels<kRows, tail_panels(kRows)>(a, lda, w, first, last, k, out, ldc, accumulate);
+      rows_by_panels<kRows, tail_panels(kRows)>(a, lda, w, first, last, k, out, ldc, start);
     } else {
-      tail_rows<kRows - 1>(rows, a, lda, w, first, last, k, out, ldc, accumulate);
+      tail_rows<kRows - 1>(rows, a, lda, w, first, last, k, out, ldc, start);
     }
   }
 }
@@ -298,7 +308,7 @@ inline void tail_rows(int64_t rows, const float* a, int64_t lda, const Panels& w
 // (tail_rows). Each output element is the same running sum over k in increasing order in every block
 // shape.
 inline void panel_rows(const float* a, int64_t lda, const Panels& w, int64_t first, int64_t last, int64_t k,
-                       float* out, int64_t ldc, int64_t rows, bool accumulate) {
+                       float* out, int64_t ldc, int64_t rows, Start start) {
   // k in blocks of kDepthBlock: a block's slice of its panels stays in cache with the rows of a
   // while the row blocks pass, where a whole deep panel would not. Between blocks the sums go through
   // out as the float32 they are, so each is still one running sum over k in increasing order. At least
@@ -307,7 +317,7 @@ inline void panel_rows(const float* a, int64_t lda, const Panels& w, int64_t fir
     const int64_t depth = std::min(kDepthBlock, k - kb);
     const Panels wk{w.data + kb * w.row_stride, w.panel_stride, w.row_stride};
     const float* ak = a + kb;
-    const bool acc = accumulate || kb > 0;
+    const Start acc = kb > 0 ? Start{true, nullptr} : start;  // later k blocks add to the sums in out
     // With several panels per block (AVX-512) all rows go into blocks of even height: a remainder's narrow
     // block would stream every panel for a few rows (a 2-row tail at 32 rows made the H=512 forward
     // slower). With one (AVX2) the full blocks come first and the remainder takes several panels.
@@ -321,33 +331,34 @@ inline void panel_rows(const float* a, int64_t lda, const Panels& w, int64_t fir
   }
 }
 
-// Columns [p * kPanelWidth, ...) of out[m, n] (+)= a[m, k] @ op(W) for panels p in [first, last); a and
-// out contiguous rows. A partial last panel only from pack(). Disjoint panel ranges may run on
+// Columns [p * kPanelWidth, ...) of out[m, n] (+)= a[m, k] @ op(W) (or bias + a @ op(W): Start) for
+// panels p in [first, last); a and out contiguous rows. A partial last panel only from pack(). Disjoint panel ranges may run on
 // different threads.
 inline void gemm_panels(const float* a, int64_t m, int64_t k, const Panels& w, float* out, int64_t n,
-                        bool accumulate, int64_t first, int64_t last) {
+                        Start start, int64_t first, int64_t last) {
   const int64_t full_panels = std::min(last, n / kPanelWidth);
   if (first < full_panels) {
-    panel_rows(a, k, w, first, full_panels, k, out, n, m, accumulate);
+    panel_rows(a, k, w, first, full_panels, k, out, n, m, start);
   }
   const int64_t tail = n - full_panels * kPanelWidth;
   if (tail == 0 || last < panel_count(n)) {
     return;
   }
-  // The last, partial panel through a kPanelWidth-wide copy of its columns: the zero padding of the
-  // panel makes the extra columns 0 (or what was copied in), and only the real ones are copied back.
+  // The last, partial panel through a kPanelWidth-wide copy of its columns, which starts as the sums
+  // would (out's columns, or the bias's, or zeros): the zero padding of the panel makes the extra columns
+  // 0 (or what was copied in), and only the real ones are copied back.
   float staged[kMaxRows * kPanelWidth];
   const Panels last_panel{w.data + full_panels * w.panel_stride, 0, w.row_stride};
   for (int64_t r0 = 0; r0 < m; r0 += kMaxRows) {
     const int64_t rows = std::min<int64_t>(kMaxRows, m - r0);
     float* out_cols = out + r0 * n + full_panels * kPanelWidth;
     std::fill_n(staged, kMaxRows * kPanelWidth, 0.f);
-    if (accumulate) {
-      for (int64_t r = 0; r < rows; ++r) {
-        std::copy_n(out_cols + r * n, tail, staged + r * kPanelWidth);
-      }
+    for (int64_t r = 0; r < rows && (start.accumulate || start.bias != nullptr); ++r) {
+      const float* from = start.accumulate ? out_cols + r * n : start.bias + full_panels * kPanelWidth;
+      std::copy_n(from, tail, staged + r * kPanelWidth);
     }
-    panel_rows(a + r0 * k, k, last_panel, 0, 1, k, staged, kPanelWidth, rows, accumulate);
+    const Start staged_start{start.accumulate || start.bias != nullptr, nullptr};
+    panel_rows(a + r0 * k, k, last_panel, 0, 1, k, staged, kPanelWidth, rows, staged_start);
     for (int64_t r = 0; r < rows; ++r) {
       std::copy_n(staged + r * kPanelWidth, tail, out_cols + r * n);
     }

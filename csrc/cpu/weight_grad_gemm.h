@@ -67,7 +67,7 @@ inline void rows_of_product(const float* a, const float* b, int64_t k, int64_t m
   // At least one k block, so that k = 0 still writes the zeros.
   for (int64_t kb = 0; kb == 0 || kb < k; kb += kDepthBlock) {
     const int64_t depth = std::min(kDepthBlock, k - kb);
-    const bool acc = accumulate || kb > 0;
+    const panel_gemm::Start acc{accumulate || kb > 0, nullptr};
     if (!b_in_place) {
       pack_b(b + kb * n, n, depth, b_packed.data());
     }
@@ -91,7 +91,7 @@ inline void rows_of_product(const float* a, const float* b, int64_t k, int64_t m
         float staged[kRowBlock * kPanelWidth];
         for (int64_t r = 0; r < rows; ++r) {
           std::fill_n(staged + r * kPanelWidth, kPanelWidth, 0.f);
-          if (acc) {
+          if (acc.accumulate) {
             std::copy_n(out_rows + r * n + full_panels * kPanelWidth, tail, staged + r * kPanelWidth);
           }
         }
