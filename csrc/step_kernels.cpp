@@ -56,13 +56,19 @@ void StepKernels::project(const RowBlock& out, const RowBlock& a, const StepWeig
   matmul(out, a, weight, /*accumulate=*/bias.defined(), columns);
 }
 
-void StepKernels::transposed_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
-                                    bool accumulate) const {
-  at::Tensor result = out;  // addmm_ and mm_out take a mutable reference
-  if (accumulate) {
-    result.addmm_(a.t(), b);
-  } else {
-    at::mm_out(result, a.t(), b);
+void StepKernels::weight_gradients(const std::vector<TransposedProduct>& products, const at::Tensor& column_sums,
+                                   const at::Tensor& summed) const {
+  for (const TransposedProduct& product : products) {
+    at::Tensor out = product.out;  // addmm_ and mm_out take a mutable reference
+    if (product.accumulate) {
+      out.addmm_(product.a.t(), product.b);
+    } else {
+      at::mm_out(out, product.a.t(), product.b);
+    }
+  }
+  if (column_sums.defined()) {
+    at::Tensor sums = column_sums;
+    at::sum_out(sums, summed, 0);
   }
 }
 

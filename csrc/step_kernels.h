@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 namespace lstm_ext {
 
@@ -83,6 +84,14 @@ struct WeightUse {
   int64_t products;
 };
 
+// out (+)= a^T @ b (see StepKernels::weight_gradients).
+struct TransposedProduct {
+  at::Tensor out;
+  at::Tensor a;
+  at::Tensor b;
+  bool accumulate;
+};
+
 // Sequences [begin, end) of the batch.
 struct BatchChunk {
   int64_t begin;
@@ -146,10 +155,12 @@ class StepKernels {
   virtual void project(const RowBlock& out, const RowBlock& a, const StepWeight& weight, const at::Tensor& bias,
                        IndexRange columns) const;
 
-  // out (+)= a^T @ b for a [k, m], b [k, n], out [m, n], contiguous, one dtype: the weight gradients after
-  // the backward's loop (k: every row of the sequence). ATen's mm here; the CPU has its own for float.
-  virtual void transposed_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
-                                 bool accumulate) const;
+  // The weight and bias gradients after the backward's loop: each product's out (+)= a^T @ b in order (a
+  // [k, m], b [k, n], out [m, n]; k: rows of the sequence), and, where column_sums is defined, column_sums
+  // = the sum of summed's rows ([k, m] -> [m]). Contiguous, one dtype, every out with m rows. ATen here;
+  // the CPU runs its own kernels for float, all in one parallel region.
+  virtual void weight_gradients(const std::vector<TransposedProduct>& products, const at::Tensor& column_sums,
+                                const at::Tensor& summed) const;
 
   // Runs fn over shares that together cover sequences [0, batch) x units [0, hidden), each exactly once;
   // with every share's units [0, hidden) unless may_split_units (not with a projection, whose product

@@ -199,16 +199,25 @@ class CpuStepKernels final : public StepKernels {
       StepKernels::project(out, a, weight, bias, columns);
     }
   }
-  void transposed_matmul(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
-                         bool accumulate) const override {
-    if (!kPanelGemm || out.scalar_type() != at::kFloat) {
-      StepKernels::transposed_matmul(out, a, b, accumulate);
+  void weight_gradients(const std::vector<TransposedProduct>& products, const at::Tensor& column_sums,
+                        const at::Tensor& summed) const override {
+    const auto is_float = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat; };
+    if (!kPanelGemm || !is_float(summed)) {
+      StepKernels::weight_gradients(products, column_sums, summed);
       return;
     }
-    TORCH_INTERNAL_ASSERT(out.is_contiguous() && a.is_contiguous() && b.is_contiguous() &&
-                          a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat);
-    weight_grad_gemm::gemm_transposed_a(a.const_data_ptr<float>(), b.const_data_ptr<float>(), a.size(0), a.size(1),
-                                        b.size(1), out.mutable_data_ptr<float>(), accumulate);
+    const int64_t m = summed.size(1);
+    std::vector<weight_grad_gemm::Product> cpu_products;
+    for (const TransposedProduct& p : products) {
+      TORCH_INTERNAL_ASSERT(p.out.is_contiguous() && p.a.is_contiguous() && p.b.is_contiguous() && is_float(p.out) &&
+                            is_float(p.a) && is_float(p.b) && p.out.size(0) == m && p.a.size(1) == m);
+      cpu_products.push_back({p.a.const_data_ptr<float>(), p.b.const_data_ptr<float>(), p.a.size(0), p.b.size(1),
+                              p.out.mutable_data_ptr<float>(), p.accumulate});
+    }
+    TORCH_INTERNAL_ASSERT(summed.is_contiguous() && (!column_sums.defined() || column_sums.numel() == m));
+    weight_grad_gemm::weight_gradients(cpu_products, m,
+                                       column_sums.defined() ? column_sums.mutable_data_ptr<float>() : nullptr,
+                                       summed.const_data_ptr<float>(), summed.size(0));
   }
   // A chunk per thread, each running all its steps with single-threaded GEMMs and pointwise passes
   // (nested parallelism is off): no thread wakes up or waits per step. A batch with fewer sequences than

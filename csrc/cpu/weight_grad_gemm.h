@@ -106,16 +106,56 @@ inline void rows_of_product(const float* a, const float* b, int64_t k, int64_t m
   }
 }
 
-// out[m, n] (+)= a[k, m]^T @ b[k, n]; all contiguous row-major float. The threads take ranges of out's
-// rows, a multiple of kMaxRows each, where there is enough work to pay for waking them.
-inline void gemm_transposed_a(const float* a, const float* b, int64_t k, int64_t m, int64_t n, float* out,
-                              bool accumulate) {
+// sums[r] = sum over kk of a[kk][r] for r in [m0, m1), a [k, m]: in blocks of kDepthBlock rows, each
+// block's sums added to the total (fewer roundings in a row than one running sum over all of k).
+inline void column_sums(const float* a, int64_t k, int64_t m, float* sums, int64_t m0, int64_t m1) {
+  std::fill(sums + m0, sums + m1, 0.f);
+  std::vector<float> block_sums(m1 - m0);
+  for (int64_t kb = 0; kb < k; kb += kDepthBlock) {
+    std::fill(block_sums.begin(), block_sums.end(), 0.f);
+    for (int64_t kk = kb; kk < std::min(k, kb + kDepthBlock); ++kk) {
+      const float* row = a + kk * m + m0;
+      for (int64_t r = 0; r < m1 - m0; ++r) {
+        block_sums[r] += row[r];
+      }
+    }
+    for (int64_t r = 0; r < m1 - m0; ++r) {
+      sums[m0 + r] += block_sums[r];
+    }
+  }
+}
+
+// out (+)= a^T @ b, all contiguous row-major float (a [k, m], b [k, n], out [m, n]).
+struct Product {
+  const float* a;
+  const float* b;
+  int64_t k;
+  int64_t n;
+  float* out;
+  bool accumulate;
+};
+
+// The products in order, every out [m, *], and where sums is not null, sums = summed's column sums
+// (summed [k_summed, m]), in one parallel region: the threads take ranges of the m rows (a multiple of
+// kMaxRows each), where there is enough work to pay for waking them.
+inline void weight_gradients(const std::vector<Product>& products, int64_t m, float* sums, const float* summed,
+                             int64_t k_summed) {
   constexpr int64_t kMinMacsPerThread = int64_t{1} << 18;
+  int64_t macs_per_row = sums != nullptr ? k_summed : 0;
+  for (const Product& product : products) {
+    macs_per_row += product.k * product.n;
+  }
   const int64_t row_blocks = (m + kMaxRows - 1) / kMaxRows;
-  const int64_t macs_per_block = std::max<int64_t>(kMaxRows * k * n, 1);
+  const int64_t macs_per_block = std::max<int64_t>(kMaxRows * macs_per_row, 1);
   const int64_t grain = (kMinMacsPerThread + macs_per_block - 1) / macs_per_block;
   at::parallel_for(0, row_blocks, grain, [&](int64_t first, int64_t last) {
-    rows_of_product(a, b, k, m, n, out, accumulate, first * kMaxRows, std::min(m, last * kMaxRows));
+    const int64_t m0 = first * kMaxRows, m1 = std::min(m, last * kMaxRows);
+    for (const Product& product : products) {
+      rows_of_product(product.a, product.b, product.k, m, product.n, product.out, product.accumulate, m0, m1);
+    }
+    if (sums != nullptr) {
+      column_sums(summed, k_summed, m, sums, m0, m1);
+    }
   });
 }
 
