@@ -42,7 +42,7 @@ inline void pack_b(const float* b, int64_t n, int64_t depth, float* packed) {
     const int64_t col0 = p * kPanelWidth, cols = std::min(kPanelWidth, n - col0);
     float* panel = packed + p * depth * kPanelWidth;
     for (int64_t kk = 0; kk < depth; ++kk) {
-      std::copy_n(b + kk * n + col0, cols, panel + kk * kPanelWidth);
+      panel_gemm::copy_floats(b + kk * n + col0, cols, panel + kk * kPanelWidth);
       std::fill(panel + kk * kPanelWidth + cols, panel + (kk + 1) * kPanelWidth, 0.f);
     }
   }
@@ -51,7 +51,7 @@ inline void pack_b(const float* b, int64_t n, int64_t depth, float* packed) {
 // Columns [col0, col0 + rows) of `depth` rows of a [*, m] into [depth][ld].
 inline void copy_a(const float* a, int64_t m, int64_t col0, int64_t rows, int64_t depth, float* copy, int64_t ld) {
   for (int64_t kk = 0; kk < depth; ++kk) {
-    std::copy_n(a + kk * m + col0, rows, copy + kk * ld);
+    panel_gemm::copy_floats(a + kk * m + col0, rows, copy + kk * ld);
   }
 }
 
