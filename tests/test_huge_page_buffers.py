@@ -1,5 +1,6 @@
 """On the CPU, a pass's buffers of 32 MiB and more (gates, gate gradients, outputs) get mappings of their own
-in transparent huge pages (csrc/cpu/huge_page_allocator.h), kept for reuse when freed. Such tensors must
+in transparent huge pages (csrc/cpu/huge_page_allocator.h), kept for reuse when freed; from 256 KiB up
+(packed weights, a block's gates) mappings of 4 KiB pages, kept alike. Such tensors must
 behave like any other: the same numbers as nn.LSTM (also in reused memory that holds an earlier call's
 values), outputs that resize and free like ATen's own, and, where the kernel offers huge pages, they are
 used. The cache stays within its bound and lstm_ext.empty_cache() gives its memory back."""
@@ -15,6 +16,7 @@ from lstm_reference import TOLERANCES, Config, assert_equal_to_nn_lstm, make_inp
 
 MIN_HUGE_PAGE_BYTES = 32 << 20  # kMinHugePageBytes
 MAX_CACHED_BYTES = 1 << 30  # kMaxCachedBytes
+MIN_CACHED_BYTES = 256 << 10  # kMinCachedBytes
 
 
 def gate_bytes(cfg: Config, dtype) -> int:
@@ -156,3 +158,22 @@ def test_the_cache_keeps_at_most_its_bound_and_empty_cache_releases_it():
     assert lstm_ext.cpu_cache_bytes() == 0
     released = before - _resident_bytes()
     assert released >= kept[-1] * 0.9, f"empty_cache() released {released} of {kept[-1]} cached bytes"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="buffers are mapped (and cached) on Linux only")
+def test_medium_buffers_are_kept_and_reused():
+    # H=256: the weights packed for the products, 1 MiB each, and nothing of 32 MiB. Freed, they go into
+    # the cache (a later buffer of the same call may take one back) and serve the next call, which must
+    # still agree with nn.LSTM and leave the cache as it was.
+    lstm_ext.empty_cache()
+    cfg = Config(seq_len=16, batch=8, input_size=256, hidden_size=256, given_state=True)
+    packed_weight_bytes = 4 * cfg.hidden_size * cfg.input_size * 4
+    cached = []
+    for _ in range(2):
+        assert_equal_to_nn_lstm(cfg, torch.float32, "cpu")
+        cached.append(lstm_ext.cpu_cache_bytes())
+    assert packed_weight_bytes >= MIN_CACHED_BYTES
+    assert cached[0] >= packed_weight_bytes, f"the packed weights were not kept: {cached[0]} bytes cached"
+    assert cached[1] == cached[0], f"the second call did not reuse the first one's buffers: {cached}"
+    lstm_ext.empty_cache()
+    assert lstm_ext.cpu_cache_bytes() == 0

@@ -20,6 +20,7 @@ namespace {
 
 #ifdef __linux__
 constexpr size_t kHugePageBytes = size_t{2} << 20;
+constexpr size_t kPageBytes = size_t{4} << 10;
 
 // A mapping of whole huge pages.
 struct Mapping {
@@ -27,19 +28,21 @@ struct Mapping {
   size_t bytes;
 };
 
-// Large requests get a mapping of their own, smaller ones (and any the kernel refuses) ATen's CPU
-// allocator. A storage keeps its allocator, so a resize of such a tensor comes back here. Freed mappings
+// Requests from kMinCachedBytes up get a mapping of their own (huge pages from kMinHugePageBytes up),
+// smaller ones (and any the kernel refuses) ATen's CPU allocator. A storage keeps its allocator, so a resize of such a tensor comes back here. Freed mappings
 // are kept for the next requests (see the header), the oldest unmapped beyond kMaxCachedBytes.
 class HugePageAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t nbytes) override {
-    if (nbytes < kMinHugePageBytes) {
+    if (nbytes < kMinCachedBytes) {
       return c10::GetCPUAllocator()->allocate(nbytes);
     }
-    const size_t bytes = (nbytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+    const bool huge = nbytes >= kMinHugePageBytes;
+    const size_t granule = huge ? kHugePageBytes : kPageBytes;
+    const size_t bytes = (nbytes + granule - 1) / granule * granule;
     Mapping mapping = take_cached(bytes);
     if (mapping.data == nullptr) {
-      mapping = map_huge_pages(bytes);
+      mapping = huge ? map_huge_pages(bytes) : map_pages(bytes);
       if (mapping.data == nullptr) {
         return c10::GetCPUAllocator()->allocate(nbytes);
       }
@@ -93,6 +96,11 @@ class HugePageAllocator final : public c10::Allocator {
     void* data = reinterpret_cast<void*>(begin);
     madvise(data, bytes, MADV_HUGEPAGE);  // a request: with THP off the pages stay 4 KiB ones
     return {data, bytes};
+  }
+
+  static Mapping map_pages(size_t bytes) {
+    void* data = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return data == MAP_FAILED ? Mapping{nullptr, 0} : Mapping{data, bytes};
   }
 
   // The smallest cached mapping of at least `bytes` and at most twice that (a much larger one is left for

@@ -20,6 +20,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "huge_page_allocator.h"
+
 namespace lstm_ext {
 namespace LSTM_EXT_CPU_VARIANT {
 namespace panel_gemm {
@@ -116,7 +118,7 @@ inline void transpose_8x8(const float* src, int64_t ld_src, float* dst, int64_t 
 inline at::Tensor pack(const at::Tensor& weight, bool transpose) {
   const int64_t k = transpose ? weight.size(1) : weight.size(0), n = transpose ? weight.size(0) : weight.size(1);
   const int64_t panels = panel_count(n);
-  at::Tensor packed = at::empty({panels, k, kPanelWidth}, weight.options());
+  at::Tensor packed = cpu::empty_huge_page_backed({panels, k, kPanelWidth}, weight.options());
   const float* w = weight.const_data_ptr<float>();
   float* out = packed.mutable_data_ptr<float>();
   if (!transpose) {

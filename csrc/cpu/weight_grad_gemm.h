@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "huge_page_allocator.h"
+
 namespace lstm_ext {
 namespace LSTM_EXT_CPU_VARIANT {
 namespace weight_grad_gemm {
@@ -62,26 +64,30 @@ inline void rows_of_product(const float* a, const float* b, int64_t k, int64_t m
   // b [k, n] with whole panels is panels already (row stride n); read in place where its rows are close
   // enough not to crowd a few of L1's sets (see kMaxColumnsInPlace).
   const bool b_in_place = tail == 0 && n <= kMaxColumnsInPlace;
-  std::vector<float> b_packed(b_in_place ? 0 : panels * std::min(k, kDepthBlock) * kPanelWidth);
-  std::vector<float> a_copy(n >= kMinColumnsToCopyA ? kCopyStride * std::min(k, kDepthBlock) : 0);
+  // Buffers from the cached allocator: from glibc, blocks this size come back unmapped every call.
+  const auto buffer = [](int64_t floats) { return cpu::empty_huge_page_backed({floats}, at::kFloat); };
+  const at::Tensor b_buffer = buffer(b_in_place ? 0 : panels * std::min(k, kDepthBlock) * kPanelWidth);
+  const at::Tensor a_buffer = buffer(n >= kMinColumnsToCopyA ? kCopyStride * std::min(k, kDepthBlock) : 0);
+  float* const b_packed = b_buffer.mutable_data_ptr<float>();
+  float* const a_copy = a_buffer.mutable_data_ptr<float>();
   // At least one k block, so that k = 0 still writes the zeros.
   for (int64_t kb = 0; kb == 0 || kb < k; kb += kDepthBlock) {
     const int64_t depth = std::min(kDepthBlock, k - kb);
     const panel_gemm::Start acc{accumulate || kb > 0, nullptr};
     if (!b_in_place) {
-      pack_b(b + kb * n, n, depth, b_packed.data());
+      pack_b(b + kb * n, n, depth, b_packed);
     }
     const panel_gemm::Panels b_panels = b_in_place ? panel_gemm::Panels{b + kb * n, kPanelWidth, n}
-                                                   : panel_gemm::Panels{b_packed.data(), depth * kPanelWidth, kPanelWidth};
+                                                   : panel_gemm::Panels{b_packed, depth * kPanelWidth, kPanelWidth};
     for (int64_t r0 = m0; r0 < m1; r0 += kRowBlock) {
       const int64_t rows = std::min(kRowBlock, m1 - r0);
       // Read in place, a block's steps of k are m floats apart (at m = 1024, 4 KiB: all in one set of L1);
       // copied, kCopyStride apart. The copy pays where each element meets enough columns of b.
       const bool copied = n >= kMinColumnsToCopyA;
       if (copied) {
-        copy_a(a + kb * m, m, r0, rows, depth, a_copy.data(), kCopyStride);
+        copy_a(a + kb * m, m, r0, rows, depth, a_copy, kCopyStride);
       }
-      const float* a_rows = copied ? a_copy.data() : a + kb * m + r0;  // out's rows r0.. are a's columns
+      const float* a_rows = copied ? a_copy : a + kb * m + r0;  // out's rows r0.. are a's columns
       const int64_t lda = copied ? kCopyStride : m;
       float* out_rows = out + r0 * n;
       panel_gemm::even_row_blocks<kMainPanels, true>(rows, a_rows, lda, b_panels, 0, full_panels, depth, out_rows, n,
@@ -95,7 +101,7 @@ inline void rows_of_product(const float* a, const float* b, int64_t k, int64_t m
             std::copy_n(out_rows + r * n + full_panels * kPanelWidth, tail, staged + r * kPanelWidth);
           }
         }
-        const panel_gemm::Panels last_panel{b_packed.data() + full_panels * b_panels.panel_stride, 0, kPanelWidth};
+        const panel_gemm::Panels last_panel{b_packed + full_panels * b_panels.panel_stride, 0, kPanelWidth};
         panel_gemm::even_row_blocks<1, true>(rows, a_rows, lda, last_panel, 0, 1, depth, staged,
                                              kPanelWidth, acc);
         for (int64_t r = 0; r < rows; ++r) {
