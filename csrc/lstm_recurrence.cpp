@@ -72,29 +72,27 @@ int64_t inference_block_steps(int64_t batch, int64_t gate_row_bytes, int64_t ste
   return std::clamp(kBlockBytes / step_bytes, int64_t{1}, std::max<int64_t>(steps, 1));
 }
 
-// The products whose sum is grad (sum over steps of dG[t]^T h_{t-1}), in order; `h_prev` keeps what they
-// read alive.
-std::vector<TransposedProduct> recurrent_weight_grad_products(const SequenceLayout& layout,
-                                                              const at::Tensor& grad_gates, const at::Tensor& output,
-                                                              const at::Tensor& h0, bool reverse,
-                                                              const at::Tensor& grad, at::Tensor& h_prev) {
+// Appends to `products` those whose sum is grad (sum over steps of dG[t]^T h_{t-1}), in order.
+void append_recurrent_weight_grad(const SequenceLayout& layout, const at::Tensor& grad_gates,
+                                  const at::Tensor& output, const at::Tensor& h0, bool reverse,
+                                  const at::Tensor& grad, std::vector<TransposedProduct>& products) {
   const int64_t T = layout.steps(), B = layout.batch, P = h0.size(1);  // P: the width of h
   if (T == 0) {
     grad.zero_();
-    return {};
+    return;
   }
   if (layout.uniform()) {
     // A padded batch: the first step pairs with h0, the others with one contiguous block of output rows.
     const int64_t first_t = reverse ? T - 1 : 0;
-    std::vector<TransposedProduct> products{{grad, grad_gates.narrow(0, first_t * B, B), h0, false}};
+    products.push_back({grad, grad_gates.narrow(0, first_t * B, B), h0, false});
     if (T > 1) {
       products.push_back({grad, grad_gates.narrow(0, reverse ? 0 : B, (T - 1) * B),
                           output.narrow(0, reverse ? B : 0, (T - 1) * B), true});
     }
-    return products;
+    return;
   }
   // Packed: gather every row's h_{t-1} next to its dG row, then one GEMM.
-  h_prev = at::empty({layout.rows, P}, output.options());
+  at::Tensor h_prev = at::empty({layout.rows, P}, output.options());
   const RowBlock output_rows = row_block(output), h0_rows = row_block(h0);
   for (int64_t t = 0; t < T; ++t) {
     const StepRows s = step_rows(layout, t, reverse, BatchChunk{0, B});
@@ -103,7 +101,7 @@ std::vector<TransposedProduct> recurrent_weight_grad_products(const SequenceLayo
           .copy_(as_tensor(previous_rows(s, output_rows, h0_rows, first, count, from_prev), output.options()));
     });
   }
-  return {{grad, grad_gates, h_prev, false}};
+  products.push_back({grad, grad_gates, h_prev, false});
 }
 
 }  // namespace
@@ -309,12 +307,8 @@ LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const Sequence
   result.grad_weight_ih = at::empty({4 * H, input.size(1)}, options);
   result.grad_weight_hh = at::empty({4 * H, P}, options);
   result.grad_bias = has_bias ? at::empty({4 * H}, options) : at::empty({0}, options);
-  at::Tensor h_prev;
   std::vector<TransposedProduct> products{{result.grad_weight_ih, grad_gates, input.contiguous(), false}};
-  for (TransposedProduct& product :
-       recurrent_weight_grad_products(layout, grad_gates, saved.output, h0, reverse, result.grad_weight_hh, h_prev)) {
-    products.push_back(std::move(product));
-  }
+  append_recurrent_weight_grad(layout, grad_gates, saved.output, h0, reverse, result.grad_weight_hh, products);
   steps.weight_gradients(products, has_bias ? result.grad_bias : at::Tensor(), grad_gates);
   result.grad_weight_hr = projected ? at::mm(grad_h_total.t(), saved.unprojected) : at::empty({0}, options);
   result.grad_h0 = grad_h;

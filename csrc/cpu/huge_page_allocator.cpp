@@ -22,15 +22,16 @@ namespace {
 constexpr size_t kHugePageBytes = size_t{2} << 20;
 constexpr size_t kPageBytes = size_t{4} << 10;
 
-// A mapping of whole huge pages.
+// A mapping of whole pages (huge ones from kMinHugePageBytes up).
 struct Mapping {
   void* data;
   size_t bytes;
 };
 
 // Requests from kMinCachedBytes up get a mapping of their own (huge pages from kMinHugePageBytes up),
-// smaller ones (and any the kernel refuses) ATen's CPU allocator. A storage keeps its allocator, so a resize of such a tensor comes back here. Freed mappings
-// are kept for the next requests (see the header), the oldest unmapped beyond kMaxCachedBytes.
+// smaller ones (and any the kernel refuses) ATen's CPU allocator. A storage keeps its allocator, so a
+// resize of such a tensor comes back here. Freed mappings are kept for the next requests (see the
+// header), the oldest unmapped beyond kMaxCachedBytes.
 class HugePageAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t nbytes) override {

@@ -297,8 +297,8 @@ inline void even_row_blocks(int64_t rows, const float* a, int64_t lda, const Pan
   for (; p + kPanels <= last; p += kPanels) {
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t r = row_block_begin(rows, blocks, b), height = row_block_begin(rows, blocks, b + 1) - r;
-      block_of_rows<kPanels, kTransposedA>(height, kTransposedA ? a + r : a + r * lda, lda, w, p, k, out + r * ldc + p * kPanelWidth, ldc,
-                                       start);
+      const float* a_rows = kTransposedA ? a + r : a + r * lda;
+      block_of_rows<kPanels, kTransposedA>(height, a_rows, lda, w, p, k, out + r * ldc + p * kPanelWidth, ldc, start);
     }
   }
   if constexpr (kPanels > 1) {
@@ -347,9 +347,27 @@ inline void panel_rows(const float* a, int64_t lda, const Panels& w, int64_t fir
   }
 }
 
+// The `tail` real columns (fewer than kPanelWidth) of a partial last panel, rows [0, rows) of out_cols
+// (row stride ldc; column first_column of the product), through `staged` [rows][kPanelWidth]: it starts
+// as the sums would (out's columns, or the bias's, or zeros; the panel's zero padding keeps the extra
+// columns so), compute(staged_start) sums the blocks into it, and only the real columns go back.
+template <typename Compute>
+inline void through_staged_tile(int64_t rows, int64_t tail, float* out_cols, int64_t ldc, int64_t first_column,
+                                Start start, float* staged, const Compute& compute) {
+  const float* bias = start.bias != nullptr ? start.bias + first_column : nullptr;
+  std::fill_n(staged, rows * kPanelWidth, 0.f);
+  for (int64_t r = 0; r < rows && (start.accumulate || bias != nullptr); ++r) {
+    std::copy_n(start.accumulate ? out_cols + r * ldc : bias, tail, staged + r * kPanelWidth);
+  }
+  compute(Start{start.accumulate || bias != nullptr, nullptr});
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy_n(staged + r * kPanelWidth, tail, out_cols + r * ldc);
+  }
+}
+
 // Columns [p * kPanelWidth, ...) of out[m, n] (+)= a[m, k] @ op(W) (or bias + a @ op(W): Start) for
-// panels p in [first, last); a and out contiguous rows. A partial last panel only from pack(). Disjoint panel ranges may run on
-// different threads.
+// panels p in [first, last); a and out contiguous rows. A partial last panel only from pack(). Disjoint
+// panel ranges may run on different threads.
 inline void gemm_panels(const float* a, int64_t m, int64_t k, const Panels& w, float* out, int64_t n,
                         Start start, int64_t first, int64_t last) {
   const int64_t full_panels = std::min(last, n / kPanelWidth);
@@ -360,24 +378,14 @@ inline void gemm_panels(const float* a, int64_t m, int64_t k, const Panels& w, f
   if (tail == 0 || last < panel_count(n)) {
     return;
   }
-  // The last, partial panel through a kPanelWidth-wide copy of its columns, which starts as the sums
-  // would (out's columns, or the bias's, or zeros): the zero padding of the panel makes the extra columns
-  // 0 (or what was copied in), and only the real ones are copied back.
   float staged[kMaxRows * kPanelWidth];
   const Panels last_panel{w.data + full_panels * w.panel_stride, 0, w.row_stride};
   for (int64_t r0 = 0; r0 < m; r0 += kMaxRows) {
     const int64_t rows = std::min<int64_t>(kMaxRows, m - r0);
-    float* out_cols = out + r0 * n + full_panels * kPanelWidth;
-    std::fill_n(staged, kMaxRows * kPanelWidth, 0.f);
-    for (int64_t r = 0; r < rows && (start.accumulate || start.bias != nullptr); ++r) {
-      const float* from = start.accumulate ? out_cols + r * n : start.bias + full_panels * kPanelWidth;
-      std::copy_n(from, tail, staged + r * kPanelWidth);
-    }
-    const Start staged_start{start.accumulate || start.bias != nullptr, nullptr};
-    panel_rows(a + r0 * k, k, last_panel, 0, 1, k, staged, kPanelWidth, rows, staged_start);
-    for (int64_t r = 0; r < rows; ++r) {
-      std::copy_n(staged + r * kPanelWidth, tail, out_cols + r * n);
-    }
+    through_staged_tile(rows, tail, out + r0 * n + full_panels * kPanelWidth, n, full_panels * kPanelWidth, start,
+                        staged, [&](Start staged_start) {
+                          panel_rows(a + r0 * k, k, last_panel, 0, 1, k, staged, kPanelWidth, rows, staged_start);
+                        });
   }
 }
 

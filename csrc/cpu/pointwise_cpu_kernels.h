@@ -267,40 +267,40 @@ class CpuStepKernels final : public StepKernels {
   // backward op alone, in one process); false, doing nothing, otherwise.
   bool panel_matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, panel_gemm::Start start,
                     IndexRange columns) const {
-    if (weight.packed.defined()) {
-      // Tasks of (block of rows, panel), row block major: a thread's run of tasks keeps its rows of `a`
-      // in cache while the panels pass. Inside a batch chunk this runs on the chunk's thread; outside
-      // (the input projections, or one chunk of a small batch) the tasks are split over the threads
-      // when there is enough work to pay for waking them.
-      // The columns' panels: a share's columns start and (but for the last gate's) end on a panel edge.
-      const int64_t first_panel = columns.begin / panel_gemm::kPanelWidth;
-      const int64_t last_panel = columns.end == out.cols ? panel_gemm::panel_count(out.cols)
-                                                         : columns.end / panel_gemm::kPanelWidth;
-      TORCH_INTERNAL_ASSERT(columns.begin % panel_gemm::kPanelWidth == 0 &&
-                                (columns.end == out.cols || columns.end % panel_gemm::kPanelWidth == 0),
-                            "matmul: columns [", columns.begin, ", ", columns.end, ") are not whole panels");
-      const int64_t panels = last_panel - first_panel;
-      const int64_t row_blocks = at::divup(out.rows, kRowBlock);
-      const int64_t task_macs = std::min(out.rows, kRowBlock) * a.cols * panel_gemm::kPanelWidth;
-      const int64_t grain = at::divup(kMinMacsPerTask, std::max<int64_t>(task_macs, 1));
-      const bool in_place = weight.packed.is_same(weight.weight);
-      const int64_t k = a.cols, n = out.cols;
-      const panel_gemm::Panels panels_at{weight.packed.const_data_ptr<float>(),
-                                         in_place ? panel_gemm::kPanelWidth : k * panel_gemm::kPanelWidth,
-                                         in_place ? n : panel_gemm::kPanelWidth};
-      at::parallel_for(0, row_blocks * panels, grain, [&](int64_t first, int64_t last) {
-        for (int64_t task = first; task < last;) {
-          const int64_t block = task / panels, panel = first_panel + task % panels;
-          const int64_t panel_end = std::min(last_panel, panel + (last - task));  // this block's panels in range
-          const int64_t row = block * kRowBlock, rows = std::min(kRowBlock, out.rows - row);
-          panel_gemm::gemm_panels(a.sub(row, rows).ptr<float>(), rows, k, panels_at, out.sub(row, rows).ptr<float>(),
-                                  n, start, panel, panel_end);
-          task += panel_end - panel;
-        }
-      });
-      return true;
+    if (!weight.packed.defined()) {
+      return false;
     }
-    return false;
+    // Tasks of (block of rows, panel), row block major: a thread's run of tasks keeps its rows of `a`
+    // in cache while the panels pass. Inside a batch chunk this runs on the chunk's thread; outside
+    // (the input projections, or one chunk of a small batch) the tasks are split over the threads
+    // when there is enough work to pay for waking them.
+    // The columns' panels: a share's columns start and (but for the last gate's) end on a panel edge.
+    const int64_t first_panel = columns.begin / panel_gemm::kPanelWidth;
+    const int64_t last_panel = columns.end == out.cols ? panel_gemm::panel_count(out.cols)
+                                                       : columns.end / panel_gemm::kPanelWidth;
+    TORCH_INTERNAL_ASSERT(columns.begin % panel_gemm::kPanelWidth == 0 &&
+                              (columns.end == out.cols || columns.end % panel_gemm::kPanelWidth == 0),
+                          "matmul: columns [", columns.begin, ", ", columns.end, ") are not whole panels");
+    const int64_t panels = last_panel - first_panel;
+    const int64_t row_blocks = at::divup(out.rows, kRowBlock);
+    const int64_t task_macs = std::min(out.rows, kRowBlock) * a.cols * panel_gemm::kPanelWidth;
+    const int64_t grain = at::divup(kMinMacsPerTask, std::max<int64_t>(task_macs, 1));
+    const bool in_place = weight.packed.is_same(weight.weight);
+    const int64_t k = a.cols, n = out.cols;
+    const panel_gemm::Panels panels_at{weight.packed.const_data_ptr<float>(),
+                                       in_place ? panel_gemm::kPanelWidth : k * panel_gemm::kPanelWidth,
+                                       in_place ? n : panel_gemm::kPanelWidth};
+    at::parallel_for(0, row_blocks * panels, grain, [&](int64_t first, int64_t last) {
+      for (int64_t task = first; task < last;) {
+        const int64_t block = task / panels, panel = first_panel + task % panels;
+        const int64_t panel_end = std::min(last_panel, panel + (last - task));  // this block's panels in range
+        const int64_t row = block * kRowBlock, rows = std::min(kRowBlock, out.rows - row);
+        panel_gemm::gemm_panels(a.sub(row, rows).ptr<float>(), rows, k, panels_at, out.sub(row, rows).ptr<float>(),
+                                n, start, panel, panel_end);
+        task += panel_end - panel;
+      }
+    });
+    return true;
   }
   // How many chunks for_each_work_share splits `batch` into: one per thread, one inside a parallel region.
   static int64_t chunk_count(int64_t batch) {

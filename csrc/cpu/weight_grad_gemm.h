@@ -67,7 +67,10 @@ inline void rows_of_product(const float* a, const float* b, int64_t k, int64_t m
   // Buffers from the cached allocator: from glibc, blocks this size come back unmapped every call.
   const auto buffer = [](int64_t floats) { return cpu::empty_huge_page_backed({floats}, at::kFloat); };
   const at::Tensor b_buffer = buffer(b_in_place ? 0 : panels * std::min(k, kDepthBlock) * kPanelWidth);
-  const at::Tensor a_buffer = buffer(n >= kMinColumnsToCopyA ? kCopyStride * std::min(k, kDepthBlock) : 0);
+  // Read in place, a block's steps of k are m floats apart (at m = 1024, 4 KiB: all in one set of L1);
+  // copied, kCopyStride apart. The copy pays where each element meets enough columns of b.
+  const bool copy_a_rows = n >= kMinColumnsToCopyA;
+  const at::Tensor a_buffer = buffer(copy_a_rows ? kCopyStride * std::min(k, kDepthBlock) : 0);
   float* const b_packed = b_buffer.mutable_data_ptr<float>();
   float* const a_copy = a_buffer.mutable_data_ptr<float>();
   // At least one k block, so that k = 0 still writes the zeros.
@@ -81,32 +84,23 @@ inline void rows_of_product(const float* a, const float* b, int64_t k, int64_t m
                                                    : panel_gemm::Panels{b_packed, depth * kPanelWidth, kPanelWidth};
     for (int64_t r0 = m0; r0 < m1; r0 += kRowBlock) {
       const int64_t rows = std::min(kRowBlock, m1 - r0);
-      // Read in place, a block's steps of k are m floats apart (at m = 1024, 4 KiB: all in one set of L1);
-      // copied, kCopyStride apart. The copy pays where each element meets enough columns of b.
-      const bool copied = n >= kMinColumnsToCopyA;
-      if (copied) {
+      if (copy_a_rows) {
         copy_a(a + kb * m, m, r0, rows, depth, a_copy, kCopyStride);
       }
-      const float* a_rows = copied ? a_copy : a + kb * m + r0;  // out's rows r0.. are a's columns
-      const int64_t lda = copied ? kCopyStride : m;
+      const float* a_rows = copy_a_rows ? a_copy : a + kb * m + r0;  // out's rows r0.. are a's columns
+      const int64_t lda = copy_a_rows ? kCopyStride : m;
       float* out_rows = out + r0 * n;
       panel_gemm::even_row_blocks<kMainPanels, true>(rows, a_rows, lda, b_panels, 0, full_panels, depth, out_rows, n,
                                                      acc);
       if (tail != 0) {
-        // The partial last panel into a full-width tile; only its real columns go back to out.
         float staged[kRowBlock * kPanelWidth];
-        for (int64_t r = 0; r < rows; ++r) {
-          std::fill_n(staged + r * kPanelWidth, kPanelWidth, 0.f);
-          if (acc.accumulate) {
-            std::copy_n(out_rows + r * n + full_panels * kPanelWidth, tail, staged + r * kPanelWidth);
-          }
-        }
         const panel_gemm::Panels last_panel{b_packed + full_panels * b_panels.panel_stride, 0, kPanelWidth};
-        panel_gemm::even_row_blocks<1, true>(rows, a_rows, lda, last_panel, 0, 1, depth, staged,
-                                             kPanelWidth, acc);
-        for (int64_t r = 0; r < rows; ++r) {
-          std::copy_n(staged + r * kPanelWidth, tail, out_rows + r * n + full_panels * kPanelWidth);
-        }
+        panel_gemm::through_staged_tile(
+            rows, tail, out_rows + full_panels * kPanelWidth, n, full_panels * kPanelWidth, acc, staged,
+            [&](panel_gemm::Start staged_start) {
+              panel_gemm::even_row_blocks<1, true>(rows, a_rows, lda, last_panel, 0, 1, depth, staged, kPanelWidth,
+                                                   staged_start);
+            });
       }
     }
   }
