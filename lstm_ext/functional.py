@@ -19,6 +19,9 @@ from .autograd import LSTMFunction
 def _distinct(tensors):
     """The same tensor object passed twice (say hx = (zeros, zeros)) becomes a view the second time:
     torch.compile cannot trace an autograd.Function given one tensor in two places."""
+    present = [id(t) for t in tensors if t is not None]
+    if len(set(present)) == len(present):
+        return tensors
     seen = []
     distinct = []
     for t in tensors:
@@ -31,7 +34,7 @@ def _distinct(tensors):
 
 def _layer(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse):
     tensors = _distinct((input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0))
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    needs_grad = torch.is_grad_enabled() and any([t is not None and t.requires_grad for t in tensors])
     if needs_grad:
         output, h_n, c_n, *_ = LSTMFunction.apply(*tensors, reverse, True)
     else:
@@ -102,6 +105,8 @@ def lstm(
             layer_output = F.dropout(layer_output, p=dropout, training=True)
         layer_input = layer_output
     output = layer_input.transpose(0, 1) if to_time_major else layer_input
+    if len(h_n) == 1:  # one layer, one direction: a view, not a copy (torch.stack of one tensor copies)
+        return output, (h_n[0].unsqueeze(0), c_n[0].unsqueeze(0))
     return output, (torch.stack(h_n), torch.stack(c_n))
 
 

@@ -70,8 +70,11 @@ class LSTM(nn.Module):
 
     @property
     def _flat_weights(self) -> list[Tensor]:
-        # Looked up by name at every use, so replaced parameters and torch.func.functional_call work.
-        return [getattr(self, name) for name in self._flat_weights_names]
+        # Looked up by name at every use, so replaced parameters and torch.func.functional_call work: in
+        # _parameters first (a dict lookup; getattr on a module costs a microsecond each), then as an
+        # attribute (a parametrized weight is a property).
+        params = self._parameters
+        return [params[name] if name in params else getattr(self, name) for name in self._flat_weights_names]
 
     @property
     def all_weights(self) -> list[list[Tensor]]:
@@ -165,7 +168,10 @@ class LSTM(nn.Module):
         return (layers, batch, h_size), (layers, batch, self.hidden_size)
 
     def _zero_state(self, batch: int, input: Tensor) -> tuple[Tensor, Tensor]:
-        return tuple(torch.zeros(shape, dtype=input.dtype, device=input.device) for shape in self._state_shapes(batch))
+        h_shape, c_shape = self._state_shapes(batch)
+        zeros = torch.zeros(c_shape, dtype=input.dtype, device=input.device)
+        # The layers only read their initial states, so h_0 and c_0 may share one tensor of zeros.
+        return (zeros if h_shape == c_shape else torch.zeros(h_shape, dtype=input.dtype, device=input.device)), zeros
 
     @staticmethod
     def _check_state_tuple(hx) -> None:
