@@ -28,6 +28,9 @@ CASES = {  # name: (Config, dtype). Units are split where H is whole panels and 
     "b1_h96_float64": (Config(seq_len=5, batch=1, input_size=8, hidden_size=96, given_state=True), torch.float64),
     "b1_h96_no_bias_batch_first": (
         Config(seq_len=5, batch=1, input_size=8, hidden_size=96, bias=False, batch_first=True), torch.float32),
+    # 208 rows: the input projection and grad_input run in row blocks of 70, 69 and 69 (at most 96 each,
+    # even heights), split over the threads as runs of (row block, panel) tasks.
+    "b16_t13_row_blocks": (Config(seq_len=13, batch=16, input_size=20, hidden_size=48), torch.float32),
 }
 
 # Computed by the recurrence and lstm_ext's own GEMMs, whose sums do not depend on the split; the weight

@@ -271,7 +271,9 @@ class CpuStepKernels final : public StepKernels {
       return false;
     }
     // Tasks of (block of rows, panel), row block major: a thread's run of tasks keeps its rows of `a`
-    // in cache while the panels pass. Inside a batch chunk this runs on the chunk's thread; outside
+    // in cache while the panels pass. The blocks are of even height (at most kRowBlock): the threads take
+    // equal runs of tasks, and with full blocks and a short last one, T=16, B=8 (128 rows: 96 + 32) gave
+    // one thread three times the other's rows. Inside a batch chunk this runs on the chunk's thread; outside
     // (the input projections, or one chunk of a small batch) the tasks are split over the threads
     // when there is enough work to pay for waking them.
     // The columns' panels: a share's columns start and (but for the last gate's) end on a panel edge.
@@ -294,7 +296,8 @@ class CpuStepKernels final : public StepKernels {
       for (int64_t task = first; task < last;) {
         const int64_t block = task / panels, panel = first_panel + task % panels;
         const int64_t panel_end = std::min(last_panel, panel + (last - task));  // this block's panels in range
-        const int64_t row = block * kRowBlock, rows = std::min(kRowBlock, out.rows - row);
+        const int64_t row = panel_gemm::row_block_begin(out.rows, row_blocks, block);
+        const int64_t rows = panel_gemm::row_block_begin(out.rows, row_blocks, block + 1) - row;
         panel_gemm::gemm_panels(a.sub(row, rows).ptr<float>(), rows, k, panels_at, out.sub(row, rows).ptr<float>(),
                                 n, start, panel, panel_end);
         task += panel_end - panel;
