@@ -19,15 +19,14 @@ from .autograd import LSTMFunction
 def _distinct(tensors):
     """The same tensor object passed twice (say hx = (zeros, zeros)) becomes a view the second time:
     torch.compile cannot trace an autograd.Function given one tensor in two places."""
-    present = [id(t) for t in tensors if t is not None]
-    if len(set(present)) == len(present):
-        return tensors
-    seen = []
+    seen = set()  # ids of the tensors passed so far (all alive for the call, so ids are unique)
     distinct = []
     for t in tensors:
-        if t is not None and any(t is s for s in seen):
-            t = t.view_as(t)
-        seen.append(t)
+        if t is not None:
+            if id(t) in seen:
+                t = t.view_as(t)
+            else:
+                seen.add(id(t))
         distinct.append(t)
     return tuple(distinct)
 
