@@ -19,8 +19,9 @@ from lstm_reference import Config, assert_equal_to_nn_lstm
 TESTS = Path(__file__).resolve().parent
 VARIANT_OF_CAPABILITY = {"AVX512": "avx512", "AVX2": "avx2", "DEFAULT": "baseline"}
 # The CPU tests each build runs: equivalence with nn.LSTM over the module's options, dtypes, the
-# thread splits, the cell, and this file's block shapes.
+# thread splits, the cell, the activations' accuracy, and this file's block shapes.
 VARIANT_SUITE = ["test_equivalence.py", "test_cpu_work_split.py", "test_dtypes.py", "test_cell.py",
+                 "test_activations.py",
                  "test_cpu_variants.py::test_every_block_shape_matches_nn_lstm",
                  "test_cpu_variants.py::test_weight_gradients_match_nn_lstm"]
 CHILD_TIMEOUT_S = 600
