@@ -26,11 +26,13 @@ void check_defined(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.defined(), op, ": ", name, " must be a tensor, got None");
 }
 
-void check_shape(const char* op, const char* name, const at::Tensor& t, std::vector<int64_t> expected,
+// `expected` by reference, not a vector: the checks run on every call, and a heap copy each costs more
+// than the check.
+void check_shape(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef expected,
                  const char* meaning) {
   check_defined(op, name, t);
-  TORCH_CHECK(t.sizes() == at::IntArrayRef(expected), op, ": ", name, " must have shape ", meaning, " = ",
-              at::IntArrayRef(expected), ", got ", t.sizes());
+  TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", meaning, " = ", expected, ", got ",
+              t.sizes());
 }
 
 // Every tensor of an op shares the dtype and device of `input`.

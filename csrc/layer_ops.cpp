@@ -1,6 +1,8 @@
 // layer_ops.cpp -- see layer_ops.h.
 #include "layer_ops.h"
 
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
 #include "arg_checks.h"
 #include "lstm_recurrence.h"
 
@@ -31,6 +33,10 @@ LayerForwardTuple run_layer_forward(const char* op, const StepKernels& steps, co
                                     const std::optional<at::Tensor>& bias_hh,
                                     const std::optional<at::Tensor>& weight_hr, const at::Tensor& h0,
                                     const at::Tensor& c0, bool reverse, bool training) {
+  // The reshapes below are plain aliases, as inside any ATen kernel: no autograd view tracking, which
+  // costs more than a small call's arithmetic, and the outputs are fresh tensors, not views of buffers
+  // the caller never sees.
+  const c10::impl::ExcludeDispatchKeyGuard no_view_tracking(c10::DispatchKey::ADInplaceOrView);
   const LayerSizes sizes = check_layer_forward_args(
       op, input, batch_sizes.value_or(at::Tensor()), weight_ih, weight_hh, bias_ih.value_or(at::Tensor()),
       bias_hh.value_or(at::Tensor()), weight_hr.value_or(at::Tensor()), h0, c0);

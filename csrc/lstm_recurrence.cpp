@@ -120,7 +120,7 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   // page fault per 4 KiB on every call), or, where the backend says so, each chunk's rows of a step
   // right before the step, into one [B, 4H] buffer. Every way gives each gate the same sum in the same
   // order: the bias, then x_t W_ih^T, then h_{t-1} W_hh^T.
-  const at::Tensor bias = weights.bias_ih.defined() ? weights.bias_ih + weights.bias_hh : at::Tensor();
+  const StepBias bias = steps.prepare_bias(weights.bias_ih, weights.bias_hh);
   StepWeight weight_ih = steps.prepare_weight(weights.weight_ih, /*transpose=*/true, WeightUse{N, 1});
   const bool project_in_chunks = !training && steps.project_input_in_chunks(B, input.size(1), 4 * H);
   const int64_t block_steps =
@@ -134,13 +134,18 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
   // With a projection the pass writes the unprojected h, and one more GEMM projects it into the output.
   // Each share of the work (a batch chunk, or some units of a batch too small to chunk) runs all the
   // steps of a block (step_kernels.h).
+  // Every buffer, the empty [0] placeholders too, is the backend's (steps.empty): a small call's cost is
+  // mostly its allocations, and the CPU's skip ATen's dispatch.
   at::Tensor output = steps.empty({N, P}, options);
-  at::Tensor cells = training ? steps.empty({N, H}, options) : at::empty({0}, options);
-  at::Tensor c_state = training ? at::Tensor() : c0.clone(at::MemoryFormat::Contiguous);
-  at::Tensor unprojected = !projected ? at::empty({0}, options) : steps.empty({training ? N : B, H}, options);
+  at::Tensor cells = training ? steps.empty({N, H}, options) : steps.empty({0}, options);
+  at::Tensor c_state = training ? at::Tensor() : steps.empty({B, H}, options);
+  at::Tensor unprojected = !projected ? steps.empty({0}, options) : steps.empty({training ? N : B, H}, options);
   const at::ScalarType dtype = input.scalar_type();
   const RowBlock gates_rows = row_block(gates), all_h = row_block(output), all_c = row_block(cells);
   const RowBlock h0_rows = row_block(h0), c0_rows = row_block(c0), c_rows = row_block(c_state);
+  if (!training) {
+    steps.copy_rows(c_rows, c0_rows, options);
+  }
   const RowBlock unprojected_rows = row_block(unprojected), input_rows = row_block(input);
   const auto project_input = [&](const RowBlock& gates_block, const RowBlock& input_block, IndexRange columns) {
     steps.project(gates_block, input_block, weight_ih, bias, columns);
@@ -206,24 +211,33 @@ LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLa
 
   // 3. Each sequence's last state: in reverse all of them end at step 0; forward, the rows that leave
   // the batch after step t end there.
+  // Every sequence has a step, so with T > 0 every row is written here; with T = 0 they are h0 and c0.
   LayerForwardResult result;
-  result.h_n = h0.clone(at::MemoryFormat::Contiguous);
-  result.c_n = training ? c0.clone(at::MemoryFormat::Contiguous) : c_state;
+  result.h_n = steps.empty({B, P}, options);
+  result.c_n = training ? steps.empty({B, H}, options) : c_state;
+  const RowBlock h_n_rows = row_block(result.h_n), c_n_rows = row_block(result.c_n);
+  if (T == 0) {
+    steps.copy_rows(h_n_rows, h0_rows, options);
+    if (training) {
+      steps.copy_rows(c_n_rows, c0_rows, options);
+    }
+  }
   for (int64_t t = 0; t < T; ++t) {
     const int64_t still_live = reverse ? 0 : (t + 1 < T ? layout.batch_sizes[t + 1] : 0);
     const int64_t ending = reverse ? (t == 0 ? layout.batch_sizes[0] : 0) : layout.batch_sizes[t] - still_live;
     if (ending > 0) {
       const int64_t row = layout.offsets[t] + still_live;
-      result.h_n.narrow(0, still_live, ending).copy_(output.narrow(0, row, ending));
+      steps.copy_rows(h_n_rows.sub(still_live, ending), all_h.sub(row, ending), options);
       if (training) {
-        result.c_n.narrow(0, still_live, ending).copy_(cells.narrow(0, row, ending));
+        steps.copy_rows(c_n_rows.sub(still_live, ending), all_c.sub(row, ending), options);
       }
     }
   }
   result.output = output;
-  result.gates = training ? gates : at::empty({0}, options);
+  result.gates = training ? gates : steps.empty({0}, options);
   result.cells = cells;
-  result.unprojected = projected && training ? unprojected : at::empty({0}, options);
+  // Without a projection `unprojected` is already an empty placeholder.
+  result.unprojected = !projected || training ? unprojected : steps.empty({0}, options);
   return result;
 }
 

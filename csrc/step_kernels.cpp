@@ -27,6 +27,16 @@ StepWeight StepKernels::prepare_weight(const at::Tensor& weight, bool transpose,
   return StepWeight{weight, transpose, at::Tensor()};
 }
 
+StepBias StepKernels::prepare_bias(const at::Tensor& bias_ih, const at::Tensor& bias_hh) const {
+  return bias_ih.defined() ? StepBias{bias_ih + bias_hh, at::Tensor(), at::Tensor()} : StepBias{};
+}
+
+void StepKernels::copy_rows(const RowBlock& to, const RowBlock& from, const at::TensorOptions& options) const {
+  if (to.rows > 0 && to.cols > 0) {
+    as_tensor(to, options).copy_(as_tensor(from, options));
+  }
+}
+
 void StepKernels::matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate,
                          IndexRange columns) const {
   if (out.rows == 0 || columns.size() == 0) {
@@ -46,8 +56,11 @@ void StepKernels::matmul(const RowBlock& out, const RowBlock& a, const StepWeigh
   }
 }
 
-void StepKernels::project(const RowBlock& out, const RowBlock& a, const StepWeight& weight, const at::Tensor& bias,
+void StepKernels::project(const RowBlock& out, const RowBlock& a, const StepWeight& weight, const StepBias& step_bias,
                           IndexRange columns) const {
+  // A backend's parts (see StepBias) summed here where its own path does not take them.
+  const at::Tensor bias =
+      step_bias.sum.defined() || !step_bias.ih.defined() ? step_bias.sum : step_bias.ih + step_bias.hh;
   if (bias.defined() && out.rows > 0) {
     as_tensor(out, bias.options())
         .narrow(1, columns.begin, columns.size())

@@ -5,9 +5,9 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/FunctionRef.h>
 
 #include <cstdint>
-#include <functional>
 #include <vector>
 
 namespace lstm_ext {
@@ -70,8 +70,9 @@ struct BackwardStepArgs {
 };
 
 // A weight of the per-step matmul, prepared once per pass. `packed` is what the backend made of it
-// (the CPU packs float weights into panels for its own GEMM, so that no step repacks them), undefined
-// where the backend reads the weight as it is.
+// (the CPU packs float weights into panels for its own GEMM, so that no step repacks them, or, where that
+// would not pay, marks the weight as read in place with packed = weight), undefined where the backend
+// reads the weight as it is.
 struct StepWeight {
   at::Tensor weight;  // contiguous, the blocks' dtype and device
   bool transpose;     // the product takes weight^T
@@ -82,6 +83,16 @@ struct StepWeight {
 struct WeightUse {
   int64_t rows;
   int64_t products;
+};
+
+// The input projection's bias, bias_ih + bias_hh, prepared once per pass: `sum`, or, where the backend
+// adds the two parts itself as its sums start (the CPU's float products: no buffer and no pass of its
+// own), `sum` undefined and the parts in `ih` and `hh`. All undefined: no bias.
+struct StepBias {
+  at::Tensor sum;
+  at::Tensor ih;
+  at::Tensor hh;
+  bool defined() const { return sum.defined() || ih.defined(); }
 };
 
 // out (+)= a^T @ b (see StepKernels::weight_gradients).
@@ -124,7 +135,8 @@ struct WorkShare {
     }
   }
 };
-using WorkShareFn = std::function<void(const WorkShare&)>;
+// A reference to the caller's callable, not a copy: nothing is allocated per pass.
+using WorkShareFn = c10::function_ref<void(const WorkShare&)>;
 
 class StepKernels {
  public:
@@ -139,6 +151,13 @@ class StepKernels {
   // The weight as matmul will take it, for `use`. Here the weight as it is.
   virtual StepWeight prepare_weight(const at::Tensor& weight, bool transpose, WeightUse use) const;
 
+  // The bias as project will take it (both undefined: none). Here their sum, with ATen.
+  virtual StepBias prepare_bias(const at::Tensor& bias_ih, const at::Tensor& bias_hh) const;
+
+  // to = from, two blocks of the same rows and columns in buffers of `options`' dtype and device (the
+  // final states). Here ATen's copy_ (on CUDA on the current stream); the CPU copies the rows itself.
+  virtual void copy_rows(const RowBlock& to, const RowBlock& from, const at::TensorOptions& options) const;
+
   // Columns `columns` of out = a @ op(weight) (+ out when accumulate), op(weight) = weight^T when
   // weight.transpose; the other columns of out are left alone. `columns` is all of out's, or, from a share
   // of split units, a gate's (or h's) columns of the share's units. ATen's addmm here (cuBLAS on the
@@ -149,10 +168,10 @@ class StepKernels {
     matmul(out, a, weight, accumulate, IndexRange{0, out.cols});
   }
 
-  // Columns `columns` of out = bias + a @ op(weight) (bias [n], the same for every row; undefined: none),
-  // the input projection. Here the bias is copied into out's rows and matmul adds the product to it; the
-  // CPU starts its sums from the bias (the same sums, without the pass over out).
-  virtual void project(const RowBlock& out, const RowBlock& a, const StepWeight& weight, const at::Tensor& bias,
+  // Columns `columns` of out = bias + a @ op(weight) (bias [n], the same for every row, as prepare_bias
+  // made it; undefined: none), the input projection. Here the bias is copied into out's rows and matmul
+  // adds the product to it; the CPU starts its sums from the bias (the same sums, without the pass over out).
+  virtual void project(const RowBlock& out, const RowBlock& a, const StepWeight& weight, const StepBias& bias,
                        IndexRange columns) const;
 
   // The weight and bias gradients after the backward's loop: each product's out (+)= a^T @ b in order (a

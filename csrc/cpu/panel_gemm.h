@@ -18,6 +18,7 @@
 #endif
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "huge_page_allocator.h"
@@ -83,8 +84,9 @@ inline int64_t panel_count(int64_t n) {
 // dst[j][i] = src[i][j] for an 8 x 8 tile. With AVX2 (both vector builds) in eight registers: ATen's
 // transpose_mxn does the same in its AVX2 build, but in its AVX-512 build an 8 x 8 tile goes through a
 // masked 16 x 16 function call per tile, which was a tenth of a T=16, B=8, H=256 inference forward.
-inline void transpose_8x8(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+// The same in registers: column j of the tile in cols[j].
+inline void transpose_8x8_in_registers(const float* src, int64_t ld_src, __m256 (&cols)[8]) {
   __m256 r[8], t[8];
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) {
@@ -104,8 +106,19 @@ inline void transpose_8x8(const float* src, int64_t ld_src, float* dst, int64_t 
   }
 #pragma GCC unroll 4
   for (int i = 0; i < 4; ++i) {  // the low halves make columns 0-3, the high halves 4-7
-    _mm256_storeu_ps(dst + i * ld_dst, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
-    _mm256_storeu_ps(dst + (i + 4) * ld_dst, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+    cols[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+    cols[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+  }
+}
+#endif
+
+inline void transpose_8x8(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  __m256 cols[8];
+  transpose_8x8_in_registers(src, ld_src, cols);
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    _mm256_storeu_ps(dst + i * ld_dst, cols[i]);
   }
 #else
   at::vec::transpose_mxn<float, 8, 8>(src, ld_src, dst, ld_dst);
@@ -175,11 +188,33 @@ inline at::Tensor pack(const at::Tensor& weight, bool transpose) {
 }
 
 // Where a product's sums start: from out (accumulate), else from `bias` (a row of n, at column 0 of the
-// product, the same for every row), else from zero. The bias first, then the k terms: the sums that
-// adding the bias beforehand and accumulating would give.
+// product, the same for every row; plus `bias2` where given, one rounded float addition, as the summed
+// bias tensor would hold), else from zero. The bias first, then the k terms: the sums that adding the
+// bias beforehand and accumulating would give.
 struct Start {
   bool accumulate = false;
   const float* bias = nullptr;
+  const float* bias2 = nullptr;
+
+  // The start of the sums of columns [j, j + Vec::size()) (bias) or of out at `out` (accumulate).
+  Vec vector_at(const float* out, int64_t j) const {
+    if (accumulate) {
+      return Vec::loadu(out);
+    }
+    if (bias == nullptr) {
+      return Vec(0.f);
+    }
+    return bias2 != nullptr ? Vec::loadu(bias + j) + Vec::loadu(bias2 + j) : Vec::loadu(bias + j);
+  }
+  float scalar_at(const float* out, int64_t j) const {
+    if (accumulate) {
+      return *out;
+    }
+    if (bias == nullptr) {
+      return 0.f;
+    }
+    return bias2 != nullptr ? bias[j] + bias2[j] : bias[j];
+  }
 };
 
 // Where the panels are: row kk of panel p at data + p * panel_stride + kk * row_stride. Packed by pack():
@@ -211,9 +246,7 @@ inline void block(const float* a, int64_t lda, const Panels& w, int64_t panel, i
   for (int r = 0; r < kRows; ++r) {
 #pragma GCC unroll 16
     for (int v = 0; v < 2 * kPanels; ++v) {
-      acc[r][v] = start.accumulate      ? Vec::loadu(out + r * ldc + v * Vec::size())
-                  : start.bias != nullptr ? Vec::loadu(start.bias + panel * kPanelWidth + v * Vec::size())
-                                          : Vec(0.f);
+      acc[r][v] = start.vector_at(out + r * ldc + v * Vec::size(), panel * kPanelWidth + v * Vec::size());
     }
   }
   for (int64_t kk = 0; kk < k; ++kk) {
@@ -354,12 +387,13 @@ inline void panel_rows(const float* a, int64_t lda, const Panels& w, int64_t fir
 template <typename Compute>
 inline void through_staged_tile(int64_t rows, int64_t tail, float* out_cols, int64_t ldc, int64_t first_column,
                                 Start start, float* staged, const Compute& compute) {
-  const float* bias = start.bias != nullptr ? start.bias + first_column : nullptr;
   std::fill_n(staged, rows * kPanelWidth, 0.f);
-  for (int64_t r = 0; r < rows && (start.accumulate || bias != nullptr); ++r) {
-    std::copy_n(start.accumulate ? out_cols + r * ldc : bias, tail, staged + r * kPanelWidth);
+  for (int64_t r = 0; r < rows && (start.accumulate || start.bias != nullptr); ++r) {
+    for (int64_t j = 0; j < tail; ++j) {
+      staged[r * kPanelWidth + j] = start.scalar_at(out_cols + r * ldc + j, first_column + j);
+    }
   }
-  compute(Start{start.accumulate || bias != nullptr, nullptr});
+  compute(Start{start.accumulate || start.bias != nullptr, nullptr});
   for (int64_t r = 0; r < rows; ++r) {
     std::copy_n(staged + r * kPanelWidth, tail, out_cols + r * ldc);
   }
@@ -386,6 +420,98 @@ inline void gemm_panels(const float* a, int64_t m, int64_t k, const Panels& w, f
                         staged, [&](Start staged_start) {
                           panel_rows(a + r0 * k, k, last_panel, 0, 1, k, staged, kPanelWidth, rows, staged_start);
                         });
+  }
+}
+
+// Products read straight from W [n, k] row-major, op(W) = W^T, for passes with so few rows that packing
+// W^T (a copy of W, and a buffer) would cost more than their products: each 8 x 8 tile of W is
+// transposed in registers as it is used. The sums are the panels': each element starts as Start says,
+// then one fused multiply-add per k in increasing order.
+constexpr int64_t kTransposedRows = 4;  // rows of `a` summed per pass over W
+
+// kRows rows, out's columns [begin, end) (row stride ldc, out at column 0); a [kRows, k] contiguous.
+template <int kRows>
+inline void transposed_rows(const float* a, int64_t k, const float* w, float* out, int64_t ldc, Start start,
+                            int64_t begin, int64_t end) {
+  constexpr int64_t kTile = 8;
+  int64_t j = begin;
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  for (; j + kTile <= end; j += kTile) {
+    __m256 acc[kRows];
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      const float* out_r = out + r * ldc + j;
+      if (start.accumulate) {
+        acc[r] = _mm256_loadu_ps(out_r);
+      } else if (start.bias == nullptr) {
+        acc[r] = _mm256_setzero_ps();
+      } else {
+        const __m256 bias = _mm256_loadu_ps(start.bias + j);
+        acc[r] = start.bias2 != nullptr ? _mm256_add_ps(bias, _mm256_loadu_ps(start.bias2 + j)) : bias;
+      }
+    }
+    const float* w_rows = w + j * k;  // rows j..j+7 of W: columns j..j+7 of op(W)
+    int64_t kk = 0;
+    for (; kk + kTile <= k; kk += kTile) {
+      __m256 tile[kTile];  // tile[q] = W[j..j+7][kk + q]
+      transpose_8x8_in_registers(w_rows + kk, k, tile);
+#pragma GCC unroll 8
+      for (int q = 0; q < kTile; ++q) {
+#pragma GCC unroll 8
+        for (int r = 0; r < kRows; ++r) {
+          acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(a[r * k + kk + q]), tile[q], acc[r]);
+        }
+      }
+    }
+    for (; kk < k; ++kk) {
+      alignas(32) float column[kTile];
+      for (int i = 0; i < kTile; ++i) {
+        column[i] = w_rows[i * k + kk];
+      }
+      const __m256 wv = _mm256_load_ps(column);
+#pragma GCC unroll 8
+      for (int r = 0; r < kRows; ++r) {
+        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(a[r * k + kk]), wv, acc[r]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      _mm256_storeu_ps(out + r * ldc + j, acc[r]);
+    }
+  }
+#endif
+  for (; j < end; ++j) {  // the last columns one at a time: the same fused multiply-adds, in scalars
+    const float* w_row = w + j * k;
+    for (int r = 0; r < kRows; ++r) {
+      float sum = start.scalar_at(out + r * ldc + j, j);
+      for (int64_t kk = 0; kk < k; ++kk) {
+        sum = std::fma(a[r * k + kk], w_row[kk], sum);
+      }
+      out[r * ldc + j] = sum;
+    }
+  }
+}
+
+// out[m, columns [begin, end)] (+)= a[m, k] @ W^T (or bias + ...: Start), W [n, k] read in place; out
+// contiguous rows of n, at column 0.
+inline void gemm_transposed_in_place(const float* a, int64_t m, int64_t k, const float* w, float* out, int64_t n,
+                                     Start start, int64_t begin, int64_t end) {
+  int64_t r = 0;
+  for (; r + kTransposedRows <= m; r += kTransposedRows) {
+    transposed_rows<kTransposedRows>(a + r * k, k, w, out + r * n, n, start, begin, end);
+  }
+  switch (m - r) {
+    case 3:
+      transposed_rows<3>(a + r * k, k, w, out + r * n, n, start, begin, end);
+      break;
+    case 2:
+      transposed_rows<2>(a + r * k, k, w, out + r * n, n, start, begin, end);
+      break;
+    case 1:
+      transposed_rows<1>(a + r * k, k, w, out + r * n, n, start, begin, end);
+      break;
+    default:
+      break;
   }
 }
 

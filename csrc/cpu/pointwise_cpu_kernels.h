@@ -11,6 +11,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -101,6 +102,19 @@ inline int64_t row_grain(int64_t H) {
   return std::max<int64_t>(1, kUnitsPerTask / std::max<int64_t>(H, 1));
 }
 
+// at::parallel_for(0, rows, grain, fn), but rows that make one task run here directly: parallel_for's
+// own bookkeeping for a task it would run inline costs more than a small step.
+template <typename Fn>
+inline void for_row_tasks(int64_t rows, int64_t grain, const Fn& fn) {
+  if (rows <= grain) {
+    if (rows > 0) {
+      fn(int64_t{0}, rows);
+    }
+  } else {
+    at::parallel_for(0, rows, grain, fn);
+  }
+}
+
 template <typename S>
 void forward_step(const ForwardStepArgs& args) {
   const int64_t B = args.c.rows, H = args.c.cols;
@@ -109,7 +123,7 @@ void forward_step(const ForwardStepArgs& args) {
   S* h = args.h.ptr<S>();
   S* c = args.c.ptr<S>();
   const bool keep_gates = args.keep_gates;
-  at::parallel_for(0, B, row_grain(args.units.size()), [&](int64_t row_begin, int64_t row_end) {
+  for_row_tasks(B, row_grain(args.units.size()), [&](int64_t row_begin, int64_t row_end) {
     for (int64_t row = row_begin; row < row_end; ++row) {
       S* g = gates + row * 4 * H;
       const S* cp = c_prev + row * H;
@@ -143,7 +157,7 @@ void backward_step(const BackwardStepArgs& args) {
   const S* grad_h_next = args.grad_h_next.ptr<S>();
   S* grad_c = args.grad_c.ptr<S>();
   S* grad_gates = args.grad_gates.ptr<S>();
-  at::parallel_for(0, B, row_grain(args.units.size()), [&](int64_t row_begin, int64_t row_end) {
+  for_row_tasks(B, row_grain(args.units.size()), [&](int64_t row_begin, int64_t row_end) {
     for (int64_t row = row_begin; row < row_end; ++row) {
       const S* g = gates + row * 4 * H;
       S* dg = grad_gates + row * 4 * H;
@@ -186,15 +200,32 @@ class CpuStepKernels final : public StepKernels {
   }
   // Float weights packed for panel_gemm where the CPU has the vector width it is written for (a weight
   // already in panels, op(W) = W with whole panels, is its own `packed`, no copy, where products of few
-  // rows read it: kMinRowsToPack); BLAS (double) or ATen (bfloat16) otherwise.
+  // rows read it: kMinRowsToPack; so is op(W) = W^T where the pass has so few rows that transposing W's
+  // tiles as they are used costs less than packing: kMaxTransposedPasses); BLAS (double) or ATen
+  // (bfloat16) otherwise.
   StepWeight prepare_weight(const at::Tensor& weight, bool transpose, WeightUse use) const override {
     if (!kPanelGemm || weight.scalar_type() != at::kFloat) {
       return StepWeight{weight, transpose, at::Tensor()};
     }
     const int64_t rows_per_thread = at::divup(use.rows, chunk_count(use.rows));
-    const bool in_place = !transpose && weight.size(1) % panel_gemm::kPanelWidth == 0 &&
-                          (rows_per_thread < kMinRowsToPack || use.rows * use.products < kMinTotalRowsToPack);
+    const bool in_place =
+        transpose ? use.products * at::divup(rows_per_thread, panel_gemm::kTransposedRows) <= kMaxTransposedPasses
+                  : weight.size(1) % panel_gemm::kPanelWidth == 0 &&
+                        (rows_per_thread < kMinRowsToPack || use.rows * use.products < kMinTotalRowsToPack);
     return StepWeight{weight, transpose, in_place ? weight : panel_gemm::pack(weight, transpose)};
+  }
+  // Float biases are summed where the panels' sums start (panel_gemm::Start): no buffer, no ATen call.
+  StepBias prepare_bias(const at::Tensor& bias_ih, const at::Tensor& bias_hh) const override {
+    if (kPanelGemm && bias_ih.defined() && bias_ih.scalar_type() == at::kFloat) {
+      return StepBias{at::Tensor(), bias_ih, bias_hh};
+    }
+    return StepKernels::prepare_bias(bias_ih, bias_hh);
+  }
+  void copy_rows(const RowBlock& to, const RowBlock& from, const at::TensorOptions& /*options*/) const override {
+    TORCH_INTERNAL_ASSERT(to.rows == from.rows && to.cols == from.cols && to.itemsize == from.itemsize);
+    if (to.rows > 0 && to.cols > 0) {
+      std::memcpy(to.data, from.data, to.rows * to.cols * to.itemsize);
+    }
   }
   void matmul(const RowBlock& out, const RowBlock& a, const StepWeight& weight, bool accumulate,
               IndexRange columns) const override {
@@ -204,12 +235,18 @@ class CpuStepKernels final : public StepKernels {
     }
   }
   // The sums start from the bias in panel_gemm's blocks: no pass of its own over out.
-  void project(const RowBlock& out, const RowBlock& a, const StepWeight& weight, const at::Tensor& bias,
+  void project(const RowBlock& out, const RowBlock& a, const StepWeight& weight, const StepBias& bias,
                IndexRange columns) const override {
     if (!bias.defined()) {
       matmul(out, a, weight, /*accumulate=*/false, columns);
-    } else if (bias.scalar_type() != at::kFloat ||
-               !panel_matmul(out, a, weight, panel_gemm::Start{false, bias.const_data_ptr<float>()}, columns)) {
+      return;
+    }
+    const at::Tensor& first = bias.sum.defined() ? bias.sum : bias.ih;
+    if (first.scalar_type() != at::kFloat ||
+        !panel_matmul(out, a, weight,
+                      panel_gemm::Start{false, first.const_data_ptr<float>(),
+                                        bias.sum.defined() ? nullptr : bias.hh.const_data_ptr<float>()},
+                      columns)) {
       StepKernels::project(out, a, weight, bias, columns);
     }
   }
@@ -284,6 +321,12 @@ class CpuStepKernels final : public StepKernels {
     if (!weight.packed.defined()) {
       return false;
     }
+    const bool in_place = weight.packed.is_same(weight.weight);
+    if (in_place && weight.transpose) {  // few rows by prepare_weight: on this thread, no tasks
+      panel_gemm::gemm_transposed_in_place(a.ptr<float>(), out.rows, a.cols, weight.weight.const_data_ptr<float>(),
+                                           out.ptr<float>(), out.cols, start, columns.begin, columns.end);
+      return true;
+    }
     // Tasks of (block of rows, panel), row block major: a thread's run of tasks keeps its rows of `a`
     // in cache while the panels pass. The blocks are of even height (at most kRowBlock): the threads take
     // equal runs of tasks, and with full blocks and a short last one, T=16, B=8 (128 rows: 96 + 32) gave
@@ -301,7 +344,6 @@ class CpuStepKernels final : public StepKernels {
     const int64_t row_blocks = at::divup(out.rows, kRowBlock);
     const int64_t task_macs = std::min(out.rows, kRowBlock) * a.cols * panel_gemm::kPanelWidth;
     const int64_t grain = at::divup(kMinMacsPerTask, std::max<int64_t>(task_macs, 1));
-    const bool in_place = weight.packed.is_same(weight.weight);
     const int64_t k = a.cols, n = out.cols;
     const panel_gemm::Panels panels_at{weight.packed.const_data_ptr<float>(),
                                        in_place ? panel_gemm::kPanelWidth : k * panel_gemm::kPanelWidth,
@@ -359,6 +401,10 @@ class CpuStepKernels final : public StepKernels {
   // all does not repay the copy (T=16, B=1, H=256: 14% slower packed): those read W in place.
   static constexpr int64_t kMinRowsToPack = 4;
   static constexpr int64_t kMinTotalRowsToPack = 384;
+  // op(W) = W^T is read in place where a pass makes at most this many passes over W per thread (products
+  // times blocks of panel_gemm::kTransposedRows rows): each pass transposes every tile of W once, as the
+  // packing would, without the packed copy's buffer.
+  static constexpr int64_t kMaxTransposedPasses = 2;
   // Rows of `a` kept in cache across panels: 16 register blocks with AVX2, 8 with AVX-512.
   static constexpr int64_t kRowBlock = 96;
 };
