@@ -1,5 +1,6 @@
 // ops.cpp -- the lstm_ext operator library: schemas and the CPU and CUDA implementations.
 // Fake (meta) kernels and autograd are registered from Python (lstm_ext/_ops.py, lstm_ext/autograd.py).
+#include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
 #include "layer_ops.h"
@@ -59,6 +60,26 @@ struct LayerOps {
   }
 };
 
+// Under autocast, the floating-point arguments are cast to the device's autocast dtype (float64 and
+// integer tensors are left alone, as ATen's autocast does), then the op runs below autocast. Autograd sees
+// the casts, so the gradients reach float32 parameters in float32.
+template <c10::DeviceType device_type>
+LayerForwardTuple forward_autocast(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
+                                   const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                   const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
+                                   const std::optional<at::Tensor>& weight_hr, const at::Tensor& h0,
+                                   const at::Tensor& c0, bool reverse, bool training) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(
+      at::autocast::get_autocast_dispatch_key_from_device_type(device_type));
+  const at::ScalarType dtype = at::autocast::get_autocast_dtype(device_type);
+  const auto cast = [dtype](const auto& t) { return at::autocast::cached_cast(dtype, t, device_type); };
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("lstm_ext::lstm_layer_forward", "")
+                             .typed<decltype(forward_autocast<device_type>)>();
+  return op.call(cast(input), batch_sizes, cast(weight_ih), cast(weight_hh), cast(bias_ih), cast(bias_hh),
+                 cast(weight_hr), cast(h0), cast(c0), reverse, training);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lstm_ext, m) {
@@ -69,6 +90,14 @@ TORCH_LIBRARY(lstm_ext, m) {
 TORCH_LIBRARY_IMPL(lstm_ext, CPU, m) {
   m.impl("lstm_layer_forward", &LayerOps<CpuBackend>::forward);
   m.impl("lstm_layer_backward", &LayerOps<CpuBackend>::backward);
+}
+
+TORCH_LIBRARY_IMPL(lstm_ext, AutocastCPU, m) {
+  m.impl("lstm_layer_forward", &forward_autocast<c10::DeviceType::CPU>);
+}
+
+TORCH_LIBRARY_IMPL(lstm_ext, AutocastCUDA, m) {
+  m.impl("lstm_layer_forward", &forward_autocast<c10::DeviceType::CUDA>);
 }
 
 #ifdef LSTM_EXT_WITH_CUDA

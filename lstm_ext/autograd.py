@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _ops
+from . import _ops, composite
 
 
 def _call_below_autograd(op, args):
@@ -30,8 +30,8 @@ def _setup_context(ctx, inputs, output):
     ctx.reverse = reverse
     ctx.training = training
     ctx.has_bias = bias_ih is not None
-    ctx.save_for_backward(input, batch_sizes, weight_ih, weight_hh, weight_hr, h0, c0, layer_output, gates, cells,
-                          unprojected)
+    ctx.save_for_backward(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, layer_output,
+                          gates, cells, unprojected)
 
 
 def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells, _grad_unprojected):
@@ -40,8 +40,11 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells, _g
             "lstm_ext: backward through lstm_layer_forward called with training=False, which keeps "
             "nothing for the backward; call it with training=True (LSTMFunction does)"
         )
-    input, batch_sizes, weight_ih, weight_hh, weight_hr, h0, c0, layer_output, gates, cells, unprojected = (
-        ctx.saved_tensors)
+    (input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, layer_output, gates, cells,
+     unprojected) = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph: the gradients must be differentiable themselves
+        return _differentiable_backward(ctx, (input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                                              h0, c0), (grad_output, grad_h_n, grad_c_n))
     if grad_output is None:
         grad_output = torch.zeros_like(layer_output)
     if grad_h_n is None:
@@ -50,9 +53,7 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells, _g
         grad_c_n = torch.zeros_like(c0)
     args = (grad_output, grad_h_n, grad_c_n, input, batch_sizes, weight_ih, weight_hh, weight_hr, h0, c0, layer_output,
             gates, cells, unprojected, ctx.reverse, ctx.has_bias, ctx.needs_input_grad[0])
-    # With create_graph the backward op's own autograd kernel must see the call (it refuses double backward).
-    grads = (_ops.lstm_layer_backward(*args) if torch.is_grad_enabled()
-             else _call_below_autograd(_ops.lstm_layer_backward, args))
+    grads = _call_below_autograd(_ops.lstm_layer_backward, args)
     grad_input, grad_weight_ih, grad_weight_hh, grad_bias, grad_weight_hr, grad_h0, grad_c0 = grads
     grad_bias_ih = grad_bias if ctx.has_bias and ctx.needs_input_grad[4] else None
     grad_bias_hh = grad_bias if ctx.has_bias and ctx.needs_input_grad[5] else None
@@ -61,10 +62,25 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells, _g
             grad_c0, None, None)
 
 
-def _double_backward_unsupported(ctx, *grads):
+def _differentiable_backward(ctx, inputs, grads):
+    """The gradients as a graph of their own (create_graph=True): the layer recomputed in differentiable ops
+    (composite.layer), then autograd through it. The first-order backward keeps the fused op."""
+    needs = [ctx.needs_input_grad[i] for i in range(len(inputs))]
+    wanted = [t for t, need in zip(inputs, needs) if need]
+    if not wanted:
+        return (None,) * (len(inputs) + 2)
+    with torch.enable_grad():
+        outputs = composite.layer(*inputs, ctx.reverse)
+        present = [(o, g) for o, g in zip(outputs, grads) if g is not None]
+        computed = iter(torch.autograd.grad([o for o, _ in present], wanted, [g for _, g in present],
+                                            create_graph=True, allow_unused=True))
+    return tuple(next(computed) if need else None for need in needs) + (None, None)
+
+
+def _backward_op_not_differentiable(ctx, *grads):
     raise RuntimeError(
-        "lstm_ext: double backward (differentiating the LSTM's gradients, e.g. create_graph=True "
-        "followed by another backward) is not supported"
+        "lstm_ext: lstm_layer_backward is not differentiable itself; for second derivatives differentiate "
+        "through lstm_layer_forward (or LSTMFunction), whose backward under create_graph=True is differentiable"
     )
 
 
@@ -74,7 +90,7 @@ def _setup_nothing(ctx, inputs, output):
 
 torch.library.register_autograd("lstm_ext::lstm_layer_forward", _backward, setup_context=_setup_context)
 torch.library.register_autograd(
-    "lstm_ext::lstm_layer_backward", _double_backward_unsupported, setup_context=_setup_nothing
+    "lstm_ext::lstm_layer_backward", _backward_op_not_differentiable, setup_context=_setup_nothing
 )
 
 

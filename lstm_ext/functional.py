@@ -9,32 +9,36 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _ops
+from . import _ops, composite
 from .autograd import LSTMFunction
 
 
-def _distinct(tensors):
-    """The same tensor object passed twice (say hx = (zeros, zeros)) becomes a view the second time:
-    torch.compile cannot trace an autograd.Function given one tensor in two places."""
-    seen = set()  # ids of the tensors passed so far (all alive for the call, so ids are unique)
-    distinct = []
-    for t in tensors:
-        if t is not None:
-            if id(t) in seen:
-                t = t.view_as(t)
-            else:
-                seen.add(id(t))
-        distinct.append(t)
-    return tuple(distinct)
-
-
-def _layer(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse):
-    tensors = _distinct((input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0))
+def _layer(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse, training=True):
+    """One (layer, direction). Eager calls keep the activations for a backward whenever a gradient may be
+    asked for; a recorded program (torch.export, torch.jit.trace) keeps them when ``training`` (the module's
+    mode) is set, so an eval() model records the inference op whatever the grad mode, as nn.LSTM's does."""
+    tensors = (input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0)
+    eager = not torch.compiler.is_compiling()
+    if not eager:
+        # torch.compile cannot trace an autograd.Function given one tensor in two places (hx = (zeros, zeros)):
+        # each gets a view of its own, which costs nothing in a graph (telling them apart by id would make
+        # dynamo guard on every tensor object, and recompile for every new input).
+        tensors = tuple(t if t is None else t.view_as(t) for t in tensors)
+    elif torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0:
+        return composite.layer(*tensors, reverse)  # torch.func and forward-mode AD see every op
     needs_grad = torch.is_grad_enabled() and any([t is not None and t.requires_grad for t in tensors])
-    if needs_grad:
+    jit_tracing = eager and torch._C._get_tracing_state() is not None
+    if jit_tracing or torch.compiler.is_exporting():
+        needs_grad = training
+    if torch._C._is_any_autocast_enabled() or jit_tracing:
+        # Through the op's own autograd kernel, below its autocast kernel (which casts the inputs first), and
+        # as one op in a TorchScript trace.
+        output, h_n, c_n, *_ = _ops.lstm_layer_forward(*tensors, reverse, needs_grad)
+    elif needs_grad:
         output, h_n, c_n, *_ = LSTMFunction.apply(*tensors, reverse, True)
     else:
         output, h_n, c_n, *_ = _ops.lstm_layer_forward(*tensors, reverse, False)
@@ -63,6 +67,14 @@ def lstm(
     of every layer but the last when training. Returns ``(output, (h_n, c_n))``, output in the layout
     of input, h_n and c_n each sequence's last state.
     """
+    # ONNX's own LSTM operator, not the fused op (see _onnx.py). Both exporters record the model through
+    # torch.export or a TorchScript trace; the cheap test of those first keeps eager calls fast.
+    if torch.compiler.is_exporting() or torch._C._get_tracing_state() is not None:
+        from . import _onnx
+
+        if _onnx.exporting():
+            return _onnx.lstm(input, hx, flat_weights, has_biases, num_layers, dropout, training, bidirectional,
+                              batch_first, batch_sizes)
     expected_dim = 3 if batch_sizes is None else 2
     if input.dim() != expected_dim:
         layout = "[N, I] (packed)" if batch_sizes is not None else ("[B, T, I]" if batch_first else "[T, B, I]")
@@ -95,7 +107,7 @@ def lstm(
             bias_ih, bias_hh = (w[2], w[3]) if has_biases else (None, None)
             weight_hr = w[-1] if projected else None
             output, h, c = _layer(layer_input, batch_sizes, w[0], w[1], bias_ih, bias_hh, weight_hr, h0[index],
-                                  c0[index], reverse=direction == 1)
+                                  c0[index], reverse=direction == 1, training=training)
             direction_outputs.append(output)
             h_n.append(h)
             c_n.append(c)
@@ -116,10 +128,13 @@ def lstm_cell(
     weight_hh: Tensor,
     bias_ih: Tensor | None = None,
     bias_hh: Tensor | None = None,
+    *,
+    training: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """One LSTM step, in the argument order of ``torch._VF.lstm_cell``: input ``[B, I]``, hx ``(h, c)``
     each ``[B, H]``; returns ``(h', c')``. It is the layer op over a sequence of one step, so it runs
-    the same fused pointwise pass as the LSTM."""
+    the same fused pointwise pass as the LSTM. ``training`` False (an eval() module) lets torch.export
+    record the inference op."""
     _, h, c = _layer(input.unsqueeze(0), None, weight_ih, weight_hh, bias_ih, bias_hh, None, hx[0], hx[1],
-                     reverse=False)
+                     reverse=False, training=training)
     return h, c

@@ -78,3 +78,87 @@ def test_nn_lstm_breaks_the_graph():
     compiled = torch.compile(nn.LSTM(4, 6), fullgraph=True, backend="eager")
     with pytest.raises(Exception, match="(?i)rnn|lstm"):
         compiled(torch.randn(5, 3, 4))
+
+
+# --- One graph per call pattern: new tensors of the same shapes must not recompile ---------------------
+
+def compiled_graphs():
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def test_compiled_module_compiles_once_for_new_inputs(device, fresh_dynamo):
+    # The default backend; the id-based dedupe of eager calls once made every new input a new graph.
+    model = torch.compile(lstm_ext.LSTM(3, 4, num_layers=2).to(device))
+    for _ in range(4):
+        model(torch.randn(5, 2, 3, device=device))
+    assert compiled_graphs() == 1
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(5, 2, 3, device=device))
+    assert compiled_graphs() == 2  # grad mode is a guard of its own, as for any compiled module
+
+
+def test_compiled_training_step_compiles_once(device, fresh_dynamo):
+    model = Tagger().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    @torch.compile(backend="aot_eager")
+    def step(x):
+        out, h_n, c_n = model(x)
+        loss = out.square().mean() + h_n.sum() + c_n.mean()
+        loss.backward()
+        return loss
+
+    inputs = [torch.randn(3, 5, 4, device=device) for _ in range(5)]  # all alive: no id is reused
+    for x in inputs:
+        step(x)
+        optimizer.step()
+        optimizer.zero_grad()
+    assert compiled_graphs() == 1
+
+
+def test_compiled_cell_loop_compiles_once_per_pattern(device, fresh_dynamo):
+    cell = lstm_ext.LSTMCell(3, 4).to(device)
+    compiled = torch.compile(cell, backend="aot_eager")
+
+    def run_sequence():
+        state = compiled(torch.randn(2, 3, device=device))  # zero state, then the cell's own outputs
+        for _ in range(4):
+            state = compiled(torch.randn(2, 3, device=device), state)
+        h, c = torch.zeros(2, 4, device=device), torch.zeros(2, 4, device=device)  # fresh given states
+        for _ in range(3):
+            h, c = compiled(torch.randn(2, 3, device=device), (h, c))
+
+    run_sequence()
+    after_one = compiled_graphs()
+    assert after_one <= 3  # no state; states from the graph (requiring grad); fresh states (not)
+    for _ in range(3):
+        run_sequence()
+    assert compiled_graphs() == after_one
+
+
+def test_compiled_dynamic_sequence_lengths(device, fresh_dynamo):
+    model = torch.compile(lstm_ext.LSTM(3, 4).to(device), dynamic=True, backend="aot_eager")
+    for seq_len in (3, 5, 8, 13, 21):
+        model(torch.randn(seq_len, 2, 3, device=device))
+    assert compiled_graphs() <= 2
+
+
+def test_compiled_packed_sequences_with_same_rows_compile_once(device, fresh_dynamo):
+    lstm = lstm_ext.LSTM(3, 4, bidirectional=True).to(device)
+    compiled = torch.compile(lstm, backend="aot_eager")
+    lengths = torch.tensor([5, 3, 2])
+    compiled(pack_padded_sequence(torch.randn(5, 3, 3, device=device), lengths, enforce_sorted=False))
+    after_first = compiled_graphs()
+    for _ in range(4):
+        compiled(pack_padded_sequence(torch.randn(5, 3, 3, device=device), lengths, enforce_sorted=False))
+    assert compiled_graphs() == after_first
+    assert torch._dynamo.utils.counters["stats"]["calls_captured"] > 0
