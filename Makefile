@@ -8,7 +8,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1
-TOOLS := ninja "setuptools>=64" wheel pytest pytest-benchmark hypothesis expecttest numpy matplotlib tqdm
+# onnx, onnxscript and onnxruntime: the optional "onnx" extra (torch.onnx.export), which the tests run.
+TOOLS := ninja "setuptools>=64" wheel pytest pytest-benchmark hypothesis expecttest numpy matplotlib tqdm \
+  onnx onnxscript onnxruntime
 export MAX_JOBS ?= 2
 
 DEPS_STAMP := $(VENV)/.lstm_ext-deps
@@ -28,7 +30,7 @@ build: $(BUILD_STAMP)
 
 venv: $(DEPS_STAMP)
 
-$(DEPS_STAMP):
+$(DEPS_STAMP): Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)" $(TOOLS)
 	touch $@
@@ -47,3 +49,4 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
 
 clean:
 	rm -rf build lstm_ext/_C*.so *.egg-info
+
