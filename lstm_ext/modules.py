@@ -5,29 +5,55 @@ parameters (names, shapes, order) and initialises them the same way from the sam
 ``torch.manual_seed(s); lstm_ext.LSTM(...)`` holds the very weights ``nn.LSTM(...)`` would, and state
 dicts load both ways. It is deliberately not a subclass of nn.LSTM: torch.compile breaks the graph on
 every nn.RNNBase, and this module compiles whole.
-"""
 
-from __future__ import annotations
+Beyond the forward, the modules carry nn.LSTM's (nn.RNNBase's) and nn.LSTMCell's attribute surface
+(``mode``, ``all_weights``, ``check_forward_args``, ``flatten_parameters`` ...), raise nn's errors in nn's
+order, and work under the tools that special-case torch.nn:
+
+* torch.fx.symbolic_trace keeps each as one ``call_module`` node, as it does torch.nn's own modules
+  (``_fx_leaf_call``);
+* torch.jit.script compiles them into torch.nn.LSTM's / nn.LSTMCell's TorchScript code (``torch._VF.lstm``,
+  on the same parameters), with a warning: TorchScript cannot call lstm_ext's Python layer composition,
+  and torch.export keeps lstm_ext's fused kernels (``__prepare_scriptable__``).
+"""
 
 import math
 import numbers
 import warnings
+import weakref
+from typing import Optional, Tuple  # TorchScript reads these in the scripted signatures
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, _VF, nn
+from torch._jit_internal import _overload_method
+from torch.fx import Proxy
+from torch.jit import is_scripting as _is_scripting
 from torch.nn.utils.rnn import PackedSequence
 
 from .functional import lstm, lstm_cell
+
+_SCRIPT_WARNING = (
+    "torch.jit.script: {name} runs torch.nn.{name}'s TorchScript implementation (torch._VF.{op}) on the same "
+    "parameters, not lstm_ext's kernels, which TorchScript cannot call; torch.export (torch.export.export) "
+    "keeps lstm_ext's fused kernels"
+)
 
 
 class LSTM(nn.Module):
     """A multi-layer LSTM with ``torch.nn.LSTM``'s arguments, parameters and results.
 
-    See ``torch.nn.LSTM`` for the arguments; every one of them has the same meaning here.
+    See ``torch.nn.LSTM`` for the arguments; every one of them has the same meaning here. The attributes
+    and helper methods nn.LSTM inherits from nn.RNNBase are here too, with nn.LSTM's values; where
+    nn.LSTM keeps a cache of its weights (``_flat_weights``, ``_flat_weight_refs``), this module looks
+    them up at every use instead, so the cache's maintenance methods are no-ops (see
+    ``_init_flat_weights``).
     """
 
-    __constants__ = ["input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+    __constants__ = ["mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
                      "bidirectional", "proj_size"]
+    # nn.RNNBase lists all_weights; the other properties are this module's lookups of what nn.LSTM stores.
+    __jit_unused_properties__ = ["all_weights", "_all_weights", "_flat_weights", "_flat_weight_refs"]
+    mode = "LSTM"  # nn.RNNBase's mode, which nn.LSTM sets to "LSTM"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -77,10 +103,51 @@ class LSTM(nn.Module):
         return [params[name] if name in params else getattr(self, name) for name in self._flat_weights_names]
 
     @property
+    def _all_weights(self) -> list[list[str]]:
+        """nn.RNNBase's list of the weight names of each layer and direction."""
+        names = self._flat_weights_names
+        per_direction = len(names) // (self.num_layers * (2 if self.bidirectional else 1))
+        return [names[i:i + per_direction] for i in range(0, len(names), per_direction)]
+
+    @property
     def all_weights(self) -> list[list[Tensor]]:
         per_direction = len(self._flat_weights_names) // (self.num_layers * (2 if self.bidirectional else 1))
         weights = self._flat_weights
         return [weights[i:i + per_direction] for i in range(0, len(weights), per_direction)]
+
+    @property
+    def _flat_weight_refs(self) -> list[weakref.ReferenceType]:
+        """nn.RNNBase's weak references to the weights of its cache; here, to the current weights."""
+        return [weakref.ref(w) for w in self._flat_weights]
+
+    def flatten_parameters(self) -> None:
+        """A no-op, there for code written for nn.LSTM (which calls it after ``.cuda()``, or to silence the
+        "RNN module weights are not part of single contiguous chunk" warning): lstm_ext reads each weight
+        where it is, so there is no flat cuDNN weight buffer to rebuild."""
+
+    def _init_flat_weights(self) -> None:
+        """nn.RNNBase rebuilds its cache of the weights (``_flat_weights``) here, then flattens them; this
+        module has no cache (it looks the weights up at every use), so only the (no-op) flattening is left."""
+        self.flatten_parameters()
+
+    def _update_flat_weights(self) -> None:
+        """nn.RNNBase refreshes its weight cache here when ``_weights_have_changed()``; no cache, no-op."""
+
+    def _weights_have_changed(self) -> bool:
+        """False: nn.RNNBase says whether its cached weights are stale (a weight replaced since the cache was
+        built, as torch.func.functional_call does); this module's weights are looked up at every use, so
+        they never are. (nn.LSTM says True from a replacement until its next forward; this says False.)"""
+        return False
+
+    # nn.RNNBase's and nn.LSTM's own helpers, the very functions, so that their checks, messages and results
+    # are torch's: they read only the constructor's attributes and _flat_weights, which this module has.
+    # forward does not call them (it checks the same things inline, in the same order, at less cost).
+    check_input = nn.RNNBase.check_input
+    get_expected_hidden_size = nn.RNNBase.get_expected_hidden_size
+    check_hidden_size = nn.RNNBase.check_hidden_size
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
 
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
@@ -98,43 +165,58 @@ class LSTM(nn.Module):
             s += ", bidirectional={bidirectional}"
         return s.format(**self.__dict__)
 
-    def _check_input(self, input: Tensor, weight_dtype: torch.dtype) -> None:
-        if input.dtype != weight_dtype and not torch.is_autocast_enabled():
-            raise ValueError(
-                f"LSTM input dtype ({input.dtype}) does not match weight dtype ({weight_dtype}). "
-                f"Convert input: input.to({weight_dtype}), or convert model: model.to({input.dtype})"
-            )
-        if input.size(-1) != self.input_size:
-            raise RuntimeError(
-                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
-            )
+    # The signatures torch.jit.script compiles forward for (nn.LSTM's); eager calls take the last definition.
+    @_overload_method
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
+                ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        pass
 
-    def forward(self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None):
+    @_overload_method
+    def forward(self, input: PackedSequence, hx: Optional[Tuple[Tensor, Tensor]] = None
+                ) -> Tuple[PackedSequence, Tuple[Tensor, Tensor]]:
+        pass
+
+    def forward(self, input, hx=None):
+        """input: [T, B, I] ([B, T, I] when batch_first), [T, I] unbatched, or a PackedSequence; hx: None or
+        (h_0, c_0). Returns (output, (h_n, c_n)), as nn.LSTM does."""
+        if _is_scripting():  # TorchScript compiles this branch only (see __prepare_scriptable__)
+            if isinstance(input, PackedSequence):
+                return self._scripted_forward_packed(input, hx)
+            return self._scripted_forward(input, hx)
+        if isinstance(input, Proxy):  # torch.fx.symbolic_trace
+            return _fx_leaf_call(self, input, hx)
         weights = self._flat_weights
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx, weights)
 
-        if input.dim() not in (2, 3):
-            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
-        self._check_input(input, weights[0].dtype)
-        is_batched = input.dim() == 3
+        # nn.LSTM's checks in nn.LSTM's order: the input's dimensions, the states' dimensions, the input's
+        # dtype and size, the states' sizes and structure, the states' devices, the weights' device.
+        dim = input.dim()
+        if dim != 3 and dim != 2:
+            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {dim}D instead")
+        is_batched = dim == 3
         batch_dim = 0 if self.batch_first else 1
+        if hx is not None:
+            if is_batched:
+                if hx[0].dim() != 3 or hx[1].dim() != 3:
+                    raise RuntimeError(f"For batched 3-D input, hx and cx should also be 3-D but got "
+                                       f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+            else:
+                if hx[0].dim() != 2 or hx[1].dim() != 2:
+                    raise RuntimeError(f"For unbatched 2-D input, hx and cx should also be 2-D but got "
+                                       f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
         if not is_batched:
             input = input.unsqueeze(batch_dim)
+        weight = weights[0]
+        self._check_input(input, weight)
         batch = input.size(batch_dim)
         if hx is None:
             hx = self._zero_state(batch, input)
         else:
-            self._check_state_tuple(hx)
-            expected_dim = 3 if is_batched else 2
-            if hx[0].dim() != expected_dim or hx[1].dim() != expected_dim:
-                raise RuntimeError(
-                    f"For {'batched 3-D' if is_batched else 'unbatched 2-D'} input, hx and cx should also be "
-                    f"{expected_dim}-D but got ({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
-                )
-            if not is_batched:
-                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-            self._check_states(hx, batch, input)
+            self._check_states(hx, batch, input, None, weights)
+        if input.device != weight.device:
+            _raise_parameter_device(input, weight)
 
         output, (h_n, c_n) = lstm(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
                                   self.bidirectional, self.batch_first)
@@ -144,22 +226,50 @@ class LSTM(nn.Module):
         return output, (h_n, c_n)
 
     def _forward_packed(self, packed: PackedSequence, hx, weights):
+        # nn.LSTM leaves a packed input's errors to its kernels; here they get nn.LSTM's words for the same
+        # things (check_input's, check_hidden_size's, the devices').
         data, batch_sizes, sorted_indices, unsorted_indices = packed
-        if data.dim() != 2:
-            raise RuntimeError(f"input must have 2 dimensions, got {data.dim()}")
-        self._check_input(data, weights[0].dtype)
+        if torch.compiler.is_exporting() or torch._C._get_tracing_state() is not None:
+            from . import _onnx
+
+            if _onnx.exporting():
+                _onnx.reject_packed()  # before int(batch_sizes[0]), which torch.export cannot trace
+        weight = weights[0]
+        self._check_input(data, weight, packed=True)
         batch = int(batch_sizes[0])
         if hx is None:
             hx = self._zero_state(batch, data)
         else:
-            self._check_state_tuple(hx)
-            # The states are given in the caller's batch order; the packed rows are sorted by length.
-            hx = tuple(_permute_batch(state, sorted_indices) for state in hx)
-            self._check_states(hx, batch, data)
+            # The states are given in the caller's batch order; the packed rows are sorted by length
+            # (nn.LSTM's permute_hidden, before any check).
+            if sorted_indices is not None:
+                hx = (hx[0].index_select(1, sorted_indices), hx[1].index_select(1, sorted_indices))
+            if torch.compiler.is_compiling():
+                # batch_sizes[0] is data to the compiler, which cannot branch on it: the states' batch is
+                # checked against it when the graph runs, and their other sizes here.
+                torch._check(batch == hx[0].size(1), lambda: "hidden[0] must have the batch of the packed input")
+                batch = hx[0].size(1)
+            self._check_states(hx, batch, data, batch_sizes, weights)
+        if data.device != weight.device:
+            _raise_parameter_device(data, weight)
         output, (h_n, c_n) = lstm(data, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
                                   self.bidirectional, False, batch_sizes=batch_sizes)
         output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
         return output, (_permute_batch(h_n, unsorted_indices), _permute_batch(c_n, unsorted_indices))
+
+    def _check_input(self, input: Tensor, weight: Tensor, packed: bool = False) -> None:
+        """nn.RNNBase.check_input's checks and words, given the first weight (forward has it at hand)."""
+        if input.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
+            raise ValueError(
+                f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). "
+                f"Convert input: input.to({weight.dtype}), or convert model: model.to({input.dtype})"
+            )
+        if packed and input.dim() != 2:  # padded input is 3-D here by construction
+            raise RuntimeError(f"input must have 2 dimensions, got {input.dim()}")
+        if input.size(-1) != self.input_size:
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
+            )
 
     def _state_shapes(self, batch: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
         """The shapes of (h_0, c_0): h is proj_size wide when projecting, c always hidden_size."""
@@ -173,23 +283,126 @@ class LSTM(nn.Module):
         # The layers only read their initial states, so h_0 and c_0 may share one tensor of zeros.
         return (zeros if h_shape == c_shape else torch.zeros(h_shape, dtype=input.dtype, device=input.device)), zeros
 
-    @staticmethod
-    def _check_state_tuple(hx) -> None:
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(s, Tensor) for s in hx):
-            raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
+    def _check_states(self, hx, batch: int, input: Tensor, batch_sizes, weights) -> None:
+        """The given (h_0, c_0), in nn.LSTM's order: sizes (check_forward_args' words), structure (what
+        torch._VF.lstm raises), devices (its words); then dtypes, which nn.LSTM leaves to its kernels."""
+        h_shape, c_shape = self._state_shapes(batch)
+        h0, c0 = hx[0], hx[1]
+        if h0.shape != h_shape:
+            raise RuntimeError(f"Expected hidden[0] size {h_shape}, got {list(h0.shape)}")
+        if c0.shape != c_shape:
+            raise RuntimeError(f"Expected hidden[1] size {c_shape}, got {list(c0.shape)}")
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            self._raise_like_nn(input, hx, batch_sizes, weights)
+        device = input.device
+        if h0.device != device or c0.device != device:
+            raise RuntimeError("Input and hidden tensors are not at the same device, found input tensor at "
+                               f"{device} and hidden tensor at {(h0 if h0.device != device else c0).device}")
+        if (h0.dtype != input.dtype or c0.dtype != input.dtype) and not torch._C._is_any_autocast_enabled():
+            name, state = ("hidden[0]", h0) if h0.dtype != input.dtype else ("hidden[1]", c0)
+            raise ValueError(f"LSTM {name} dtype ({state.dtype}) does not match input dtype ({input.dtype})")
 
-    def _check_states(self, hx, batch: int, input: Tensor) -> None:
-        for name, state, expected_shape in zip(("hidden[0]", "hidden[1]"), hx, self._state_shapes(batch)):
-            if tuple(state.shape) != expected_shape:  # nn.LSTM's words
-                raise RuntimeError(f"Expected {name} size {expected_shape}, got {list(state.shape)}")
-            if state.dtype != input.dtype:
-                raise ValueError(f"LSTM {name} dtype ({state.dtype}) does not match input dtype ({input.dtype})")
-            if state.device != input.device:
-                raise ValueError(f"LSTM {name} is on {state.device} but input is on {input.device}")
+    def _raise_like_nn(self, input: Tensor, hx, batch_sizes, weights):
+        """Raises what nn.LSTM raises for an hx that is not a pair of tensors (one tensor, three tensors ...):
+        torch._VF.lstm's own error, from the call nn.LSTM makes, which refuses it before computing."""
+        if batch_sizes is None:
+            _VF.lstm(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
+                     self.batch_first)
+        else:
+            _VF.lstm(input, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
+                     self.bidirectional)
+        raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0) of two tensors, got {type(hx).__name__}")
+
+    # ---- torch.jit.script
+
+    def __prepare_scriptable__(self):
+        """Called by torch.jit.script on this module before compiling it: forward's TorchScript branch is
+        nn.LSTM's forward (torch._VF.lstm), which needs the weights as a list attribute, a snapshot of
+        _flat_weights taken here (the same parameter objects). Returns the module itself, so that scripting
+        a model leaves the model as it was (torch assigns what this returns into the parent module)."""
+        warnings.warn(_SCRIPT_WARNING.format(name="LSTM", op="lstm"), UserWarning, stacklevel=2)
+        self._scripted_flat_weights = self._flat_weights
+        return self
+
+    def _scripted_forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]]
+                          ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        """nn.LSTM.forward for a padded input, in TorchScript."""
+        if input.dim() not in (2, 3):
+            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        is_batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+        if hx is None:
+            hx = self._scripted_zero_state(input.size(batch_dim), input)
+        else:
+            if is_batched:
+                if hx[0].dim() != 3 or hx[1].dim() != 3:
+                    raise RuntimeError(f"For batched 3-D input, hx and cx should also be 3-D but got "
+                                       f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+            else:
+                if hx[0].dim() != 2 or hx[1].dim() != 2:
+                    raise RuntimeError(f"For unbatched 2-D input, hx and cx should also be 2-D but got "
+                                       f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        self.check_forward_args(input, hx, None)
+        result = _VF.lstm(input, hx, self._scripted_flat_weights, self.bias, self.num_layers, self.dropout,
+                          self.training, self.bidirectional, self.batch_first)
+        output = result[0]
+        hidden = (result[1], result[2])
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1))
+        return output, hidden
+
+    def _scripted_forward_packed(self, input: PackedSequence, hx: Optional[Tuple[Tensor, Tensor]]
+                                 ) -> Tuple[PackedSequence, Tuple[Tensor, Tensor]]:
+        """nn.LSTM.forward for a PackedSequence, in TorchScript."""
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        if hx is None:
+            hx = self._scripted_zero_state(int(batch_sizes[0]), data)
+        else:
+            hx = self.permute_hidden(hx, sorted_indices)
+        result = _VF.lstm(data, batch_sizes, hx, self._scripted_flat_weights, self.bias, self.num_layers,
+                          self.dropout, self.training, self.bidirectional)
+        output = PackedSequence(result[0], batch_sizes, sorted_indices, unsorted_indices)
+        return output, self.permute_hidden((result[1], result[2]), unsorted_indices)
+
+    def _scripted_zero_state(self, batch: int, input: Tensor) -> Tuple[Tensor, Tensor]:
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        return (torch.zeros(layers, batch, h_size, dtype=input.dtype, device=input.device),
+                torch.zeros(layers, batch, self.hidden_size, dtype=input.dtype, device=input.device))
 
 
 def _permute_batch(state: Tensor, permutation: Tensor | None) -> Tensor:
     return state if permutation is None else state.index_select(1, permutation)
+
+
+def _raise_parameter_device(input: Tensor, weight: Tensor):
+    # torch._VF.lstm's words (nn.LSTM). Without this, an input on "meta" with weights elsewhere would run
+    # the ops' fake kernels and return meta tensors.
+    raise RuntimeError("Input and parameter tensors are not at the same device, found input tensor at "
+                       f"{input.device} and parameter tensor at {weight.device}")
+
+
+def _fx_leaf_call(module: nn.Module, input: Proxy, hx):
+    """torch.fx.symbolic_trace: the module as one call_module node, as FX records torch.nn's own modules.
+
+    FX keeps the modules defined in torch.nn as leaves and traces into every other; traced into, forward
+    would branch on the symbolic input's shape, which FX cannot follow. So forward, given a Proxy, records
+    the call to itself on the tracer, exactly as Tracer.call_module does for a leaf; the GraphModule calls
+    the module (the same object) when it runs. A custom Tracer whose is_leaf_module says False for it gets
+    the same node: there is nothing below to trace into."""
+    tracer = input.tracer
+    path = tracer.path_of_module(module)
+    if path == "":
+        raise torch.fx.proxy.TraceError(
+            f"torch.fx.symbolic_trace cannot trace lstm_ext.{type(module).__name__} as the root module (FX "
+            "records it as a call_module node of the module that holds it): trace a module holding it, e.g. "
+            "torch.fx.symbolic_trace(torch.nn.Sequential(lstm)), or use torch.export"
+        )
+    return tracer.create_proxy("call_module", path, (input,) if hx is None else (input, hx), {})
 
 
 class LSTMCell(nn.Module):
@@ -225,37 +438,105 @@ class LSTMCell(nn.Module):
             s += ", bias={bias}"
         return s.format(**self.__dict__)
 
-    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
+                ) -> Tuple[Tensor, Tensor]:
+        """input: [B, I] or [I]; hx: None or (h, c), each [B, H] or [H]. Returns (h', c'), as nn.LSTMCell."""
+        if _is_scripting():  # TorchScript compiles this branch only (see __prepare_scriptable__)
+            return self._scripted_forward(input, hx)
+        if isinstance(input, Proxy):  # torch.fx.symbolic_trace
+            return _fx_leaf_call(self, input, hx)
+        # nn.LSTMCell's own checks first, then the rest in one cheap test; anything amiss is reported with
+        # the error nn.LSTMCell raises for it (see _raise_like_nn).
+        dim = input.dim()
+        if dim != 2 and dim != 1:
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {dim}D instead")
+        if hx is not None:
+            for index, value in enumerate(hx):  # as nn.LSTMCell: iterates a tensor given as hx by rows
+                state_dim = value.dim()
+                if state_dim != 2 and state_dim != 1:
+                    raise ValueError(f"LSTMCell: Expected hx[{index}] to be 1D or 2D, got {state_dim}D instead")
+        is_batched = dim == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+            if hx is not None:
+                hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        params = self._parameters  # a dict lookup each, not nn.Module.__getattr__
+        if "weight_ih" in params and "weight_hh" in params and "bias_ih" in params and "bias_hh" in params:
+            weight_ih, weight_hh, bias_ih, bias_hh = (params["weight_ih"], params["weight_hh"], params["bias_ih"],
+                                                      params["bias_hh"])
+        else:  # a parametrized weight is a property
+            weight_ih, weight_hh, bias_ih, bias_hh = self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        batch, input_size = input.shape
+        # Under autocast the op casts every floating-point argument, so dtypes need not match.
+        autocast = torch._C._is_any_autocast_enabled()
+        if hx is None:
+            if (input_size != self.input_size or input.device != weight_ih.device
+                    or input.dtype != weight_ih.dtype and not autocast):
+                self._raise_like_nn(input, None)
+            zeros = torch.zeros(batch, self.hidden_size, dtype=input.dtype, device=input.device)
+            hx = (zeros, zeros)
+        else:
+            state = (batch, self.hidden_size)
+            if (not isinstance(hx, (tuple, list)) or len(hx) != 2 or input_size != self.input_size
+                    or hx[0].shape != state or hx[1].shape != state
+                    or not autocast and (input.dtype != weight_ih.dtype or hx[0].dtype != input.dtype
+                                         or hx[1].dtype != input.dtype)):
+                self._raise_like_nn(input, hx)
+            device = input.device
+            if weight_ih.device != device or hx[0].device != device or hx[1].device != device:
+                self._raise_like_nn(input, hx)
+        h, c = lstm_cell(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, training=self.training)
+        if not is_batched:
+            h, c = h.squeeze(0), c.squeeze(0)
+        return h, c
+
+    def _raise_like_nn(self, input: Tensor, hx):
+        """Raises what nn.LSTMCell raises for these arguments (forward found something amiss): the error of
+        the call nn.LSTMCell makes, torch._VF.lstm_cell, so type, words and order of the checks are torch's
+        (its argument types, its sizes, then the matrix products' dtypes and devices). Where torch accepts
+        what lstm_ext refuses (a state of another dtype than the input, which torch computes in mixed
+        precision), lstm_ext's error."""
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            hx = (zeros, zeros)
+        _VF.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        for index, state in enumerate(hx):
+            if state.dtype != input.dtype or state.device != input.device:
+                raise RuntimeError(f"LSTMCell: hx[{index}] must have the dtype and device of input ({input.dtype} "
+                                   f"on {input.device}), got {state.dtype} on {state.device}")
+        raise RuntimeError(f"LSTMCell: arguments refused: input {input.dtype} {list(input.shape)} on {input.device}, "
+                           f"hx {[(s.dtype, list(s.shape), str(s.device)) for s in hx]}")
+
+    # ---- torch.jit.script
+
+    def __prepare_scriptable__(self):
+        """Called by torch.jit.script on this module before compiling it: forward's TorchScript branch is
+        nn.LSTMCell's forward (torch._VF.lstm_cell) on the same parameters. Returns the module itself, so
+        that scripting a model leaves the model as it was."""
+        warnings.warn(_SCRIPT_WARNING.format(name="LSTMCell", op="lstm_cell"), UserWarning, stacklevel=2)
+        return self
+
+    def _scripted_forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]]
+                          ) -> Tuple[Tensor, Tensor]:
+        """nn.LSTMCell.forward, in TorchScript."""
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
-            for index, value in enumerate(hx):
+            for idx, value in enumerate(hx):
                 if value.dim() not in (1, 2):
-                    raise ValueError(f"LSTMCell: Expected hx[{index}] to be 1D or 2D, got {value.dim()}D instead")
-        if input.dtype != self.weight_ih.dtype:
-            raise ValueError(f"LSTMCell input dtype ({input.dtype}) does not match weight dtype "
-                             f"({self.weight_ih.dtype})")
+                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
         is_batched = input.dim() == 2
         if not is_batched:
             input = input.unsqueeze(0)
-        if input.size(1) != self.input_size:  # nn.LSTMCell's words from here on
-            raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
         if hx is None:
             zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
             hx = (zeros, zeros)
         else:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if not is_batched else hx
-            for index, state in enumerate(hx):
-                if state.size(0) != input.size(0):
-                    raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{index} batch size "
-                                       f"{state.size(0)}")
-                if state.size(1) != self.hidden_size:
-                    raise RuntimeError(f"hidden{index} has inconsistent hidden_size: got {state.size(1)}, expected "
-                                       f"{self.hidden_size}")
-        h, c = lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        ret = _VF.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         if not is_batched:
-            h, c = h.squeeze(0), c.squeeze(0)
-        return h, c
+            ret = (ret[0].squeeze(0), ret[1].squeeze(0))
+        return ret
 
 
 def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:
