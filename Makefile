@@ -18,7 +18,7 @@ BUILD_STAMP := build/.lstm_ext-built
 BUILD_LOG := build/extension-build.log
 SOURCES := $(shell find csrc -type f) setup.py pyproject.toml lstm_ext/_build.py
 
-.PHONY: bench test build venv clean
+.PHONY: bench test build venv clean gpu-check
 
 bench: $(BUILD_STAMP)
 	$(PY) benchmarks/sweep.py --quick --out bench-results
@@ -50,3 +50,8 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
 clean:
 	rm -rf build lstm_ext/_C*.so *.egg-info
 
+# On a machine with an NVIDIA GPU: build for that GPU's architecture only (all cores, or MAX_JOBS when given),
+# run the tests and the quick sweep on CUDA, report in gpu-check/<UTC time>/report.md; at most 10 minutes.
+# PY=python3 runs it with that interpreter's torch instead of the venv; GPU_CHECK_ARGS=--dry-run prints the plan.
+gpu-check: $(if $(filter $(VENV)/bin/python,$(PY)),$(DEPS_STAMP))
+	$(PY) benchmarks/gpu_check.py $(if $(filter file,$(origin MAX_JOBS)),,--jobs $(MAX_JOBS)) $(GPU_CHECK_ARGS)
