@@ -404,7 +404,7 @@ class CpuStepKernels final : public StepKernels {
   // op(W) = W^T is read in place where a pass makes at most this many passes over W per thread (products
   // times blocks of panel_gemm::kTransposedRows rows): each pass transposes every tile of W once, as the
   // packing would, without the packed copy's buffer.
-  static constexpr int64_t kMaxTransposedPasses = 2;
+  static constexpr int64_t kMaxTransposedPasses = 1;
   // Rows of `a` kept in cache across panels: 16 register blocks with AVX2, 8 with AVX-512.
   static constexpr int64_t kRowBlock = 96;
 };
