@@ -197,15 +197,7 @@ class LSTM(nn.Module):
         is_batched = dim == 3
         batch_dim = 0 if self.batch_first else 1
         if hx is not None:
-            if is_batched:
-                if hx[0].dim() != 3 or hx[1].dim() != 3:
-                    raise RuntimeError(f"For batched 3-D input, hx and cx should also be 3-D but got "
-                                       f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
-            else:
-                if hx[0].dim() != 2 or hx[1].dim() != 2:
-                    raise RuntimeError(f"For unbatched 2-D input, hx and cx should also be 2-D but got "
-                                       f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
-                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+            hx = self._batched_states(hx, is_batched)
         if not is_batched:
             input = input.unsqueeze(batch_dim)
         weight = weights[0]
@@ -224,6 +216,19 @@ class LSTM(nn.Module):
             output = output.squeeze(batch_dim)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
         return output, (h_n, c_n)
+
+    def _batched_states(self, hx: Tuple[Tensor, Tensor], is_batched: bool) -> Tuple[Tensor, Tensor]:
+        """nn.LSTM's check of the states' dimensions; unbatched states get their batch dimension. (Eager and
+        TorchScript forward both call it.)"""
+        if is_batched:
+            if hx[0].dim() != 3 or hx[1].dim() != 3:
+                raise RuntimeError(f"For batched 3-D input, hx and cx should also be 3-D but got "
+                                   f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+            return hx
+        if hx[0].dim() != 2 or hx[1].dim() != 2:
+            raise RuntimeError(f"For unbatched 2-D input, hx and cx should also be 2-D but got "
+                               f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+        return hx[0].unsqueeze(1), hx[1].unsqueeze(1)
 
     def _forward_packed(self, packed: PackedSequence, hx, weights):
         # nn.LSTM leaves a packed input's errors to its kernels; here they get nn.LSTM's words for the same
@@ -336,15 +341,7 @@ class LSTM(nn.Module):
         if hx is None:
             hx = self._scripted_zero_state(input.size(batch_dim), input)
         else:
-            if is_batched:
-                if hx[0].dim() != 3 or hx[1].dim() != 3:
-                    raise RuntimeError(f"For batched 3-D input, hx and cx should also be 3-D but got "
-                                       f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
-            else:
-                if hx[0].dim() != 2 or hx[1].dim() != 2:
-                    raise RuntimeError(f"For unbatched 2-D input, hx and cx should also be 2-D but got "
-                                       f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
-                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+            hx = self._batched_states(hx, is_batched)
         self.check_forward_args(input, hx, None)
         result = _VF.lstm(input, hx, self._scripted_flat_weights, self.bias, self.num_layers, self.dropout,
                           self.training, self.bidirectional, self.batch_first)
