@@ -72,7 +72,11 @@ LayerForwardTuple forward_autocast(const at::Tensor& input, const std::optional<
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(
       at::autocast::get_autocast_dispatch_key_from_device_type(device_type));
   const at::ScalarType dtype = at::autocast::get_autocast_dtype(device_type);
-  const auto cast = [dtype](const auto& t) { return at::autocast::cached_cast(dtype, t, device_type); };
+  // float16 has no CPU kernels: there the op runs in the inputs' own dtypes (nn.LSTMCell runs in float32).
+  const bool cast_inputs = !(device_type == c10::DeviceType::CPU && dtype == at::kHalf);
+  const auto cast = [dtype, cast_inputs](const auto& t) {
+    return cast_inputs ? at::autocast::cached_cast(dtype, t, device_type) : t;
+  };
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("lstm_ext::lstm_layer_forward", "")
                              .typed<decltype(forward_autocast<device_type>)>();

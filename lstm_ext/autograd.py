@@ -22,6 +22,10 @@ def _call_below_autograd(op, args):
         return op(*args)
 
 
+_AUTOCAST_KEYS = (torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+                  | torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCUDA))
+
+
 def _setup_context(ctx, inputs, output):
     input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse, training = inputs
     layer_output, _h_n, _c_n, gates, cells, unprojected = output
@@ -38,7 +42,9 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells, _g
     if not ctx.training:
         raise RuntimeError(
             "lstm_ext: backward through lstm_layer_forward called with training=False, which keeps "
-            "nothing for the backward; call it with training=True (LSTMFunction does)"
+            "nothing for the backward; call it with training=True (LSTMFunction does). A model recorded "
+            "by torch.export or torch.jit.trace in eval() mode runs this inference op: record it in "
+            "train() mode (dropout 0 for eval numbers) to differentiate it"
         )
     (input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, layer_output, gates, cells,
      unprojected) = ctx.saved_tensors
@@ -66,10 +72,14 @@ def _differentiable_backward(ctx, inputs, grads):
     """The gradients as a graph of their own (create_graph=True): the layer recomputed in differentiable ops
     (composite.layer), then autograd through it. The first-order backward keeps the fused op."""
     needs = [ctx.needs_input_grad[i] for i in range(len(inputs))]
-    wanted = [t for t, need in zip(inputs, needs) if need]
-    if not wanted:
+    if not any(needs):
         return (None,) * (len(inputs) + 2)
     with torch.enable_grad():
+        # Differentiated at aliases of the inputs made here: through the inputs themselves the gradient would
+        # also take every path that joins them upstream (h0 computed from the same weights, hx = (s, s)).
+        # Through the aliases, the second derivative still reaches the inputs.
+        inputs = [t.view_as(t) if need else t for t, need in zip(inputs, needs)]
+        wanted = [t for t, need in zip(inputs, needs) if need]
         outputs = composite.layer(*inputs, ctx.reverse)
         present = [(o, g) for o, g in zip(outputs, grads) if g is not None]
         computed = iter(torch.autograd.grad([o for o, _ in present], wanted, [g for _, g in present],
@@ -116,7 +126,13 @@ class LSTMFunction(torch.autograd.Function):
     def forward(ctx, input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse,
                 training):
         inputs = (input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse, training)
-        output = _call_below_autograd(_ops.lstm_layer_forward, inputs)
+        if torch._C._is_any_autocast_enabled():
+            # The op's autocast kernel would cast what the context saves uncast: the Function runs in the
+            # inputs' dtypes (the module routes autocast through the op itself).
+            with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_KEYS):
+                output = _call_below_autograd(_ops.lstm_layer_forward, inputs)
+        else:
+            output = _call_below_autograd(_ops.lstm_layer_forward, inputs)
         _setup_context(ctx, inputs, output)
         return output
 

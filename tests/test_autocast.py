@@ -92,3 +92,29 @@ def test_autocast_is_registered_on_the_op(device):
         output, *_ = torch.ops.lstm_ext.lstm_layer_forward(x64, None, w_ih.double(), w_hh.double(), None, None, None,
                                                            h0.double(), h0.double(), False, False)
     assert output.dtype == torch.float64
+
+
+def test_function_under_autocast_runs_in_its_inputs_dtypes(device):
+    # LSTMFunction is the plain autograd entry: under autocast it neither casts nor breaks its backward.
+    w_ih = torch.randn(16, 3, device=device, requires_grad=True)
+    w_hh = torch.randn(16, 4, device=device, requires_grad=True)
+    x, h0 = torch.randn(5, 2, 3, device=device), torch.zeros(2, 4, device=device)
+    with torch.autocast(device.type, dtype=autocast_dtypes(device)[0]):
+        output, *_ = lstm_ext.LSTMFunction.apply(x, None, w_ih, w_hh, None, None, None, h0, h0, False, True)
+    assert output.dtype == torch.float32
+    output.sum().backward()
+    assert w_ih.grad.dtype == w_hh.grad.dtype == torch.float32
+
+
+def test_cpu_float16_autocast_runs_the_cell_in_float32():
+    # CPU autocast to float16 (lstm_ext has no CPU float16 kernels): the op runs uncast, in float32, where
+    # nn.LSTMCell returns float32 from float16 products; so float16's tolerance against it.
+    ref, ext = nn.LSTMCell(3, 4), lstm_ext.LSTMCell(3, 4)
+    ext.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3)
+    with torch.autocast("cpu", dtype=torch.float16):
+        expected, actual = ref(x), ext(x)
+    for e, a in zip(expected, actual):
+        assert a.dtype == e.dtype == torch.float32
+        torch.testing.assert_close(a, e, rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(actual, ext(x))  # exactly the float32 result

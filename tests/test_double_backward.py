@@ -122,3 +122,32 @@ def test_create_graph_gradients_equal_the_fused_backward(device, kwargs):
     for fused, recomputed in zip(*results):
         assert recomputed.requires_grad
         torch.testing.assert_close(recomputed, fused, rtol=1e-9, atol=1e-9)
+
+
+def test_create_graph_through_chained_calls_equals_nn(device):
+    # Several calls whose inputs share history (a cell stepped in a loop, its state fed back; hx = (s, s)):
+    # each call's create_graph gradient must take only its own paths, as nn.LSTMCell's does.
+    ref = nn.LSTMCell(3, 4).to(device=device, **F64)
+    ext = lstm_ext.LSTMCell(3, 4).to(device=device, **F64)
+    ext.load_state_dict(ref.state_dict())
+    xs = torch.randn(3, 2, 3, device=device, **F64)
+    s = torch.randn(2, 4, device=device, requires_grad=True, **F64)
+    results = {}
+    for name, cell in (("nn", ref), ("ext", ext)):
+        for create_graph in (False, True):
+            state = (s, s)
+            for x in xs:
+                state = cell(x, state)
+            loss = state[0].square().sum() + state[1].sin().sum()
+            results[name, create_graph] = torch.autograd.grad(loss, [s, *cell.parameters()],
+                                                              create_graph=create_graph)
+    for key in (("ext", False), ("ext", True), ("nn", True)):
+        for expected, actual in zip(results["nn", False], results[key]):
+            torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-9, msg=lambda m: f"{key}: {m}")
+    # And the second derivative of that loop, against nn.LSTMCell's.
+    second = {}
+    for name, cell in (("nn", ref), ("ext", ext)):
+        grad_s = results[name, True][0]
+        second[name] = torch.autograd.grad(grad_s.square().sum(), [s, *cell.parameters()])
+    for expected, actual in zip(second["nn"], second["ext"]):
+        torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-9)

@@ -209,7 +209,7 @@ class CpuStepKernels final : public StepKernels {
     }
     const int64_t rows_per_thread = at::divup(use.rows, chunk_count(use.rows));
     const bool in_place =
-        transpose ? use.products * at::divup(rows_per_thread, panel_gemm::kTransposedRows) <= kMaxTransposedPasses
+        transpose ? use.products * at::divup(use.rows, panel_gemm::kTransposedRows) <= kMaxTransposedPasses
                   : weight.size(1) % panel_gemm::kPanelWidth == 0 &&
                         (rows_per_thread < kMinRowsToPack || use.rows * use.products < kMinTotalRowsToPack);
     return StepWeight{weight, transpose, in_place ? weight : panel_gemm::pack(weight, transpose)};
@@ -401,9 +401,9 @@ class CpuStepKernels final : public StepKernels {
   // all does not repay the copy (T=16, B=1, H=256: 14% slower packed): those read W in place.
   static constexpr int64_t kMinRowsToPack = 4;
   static constexpr int64_t kMinTotalRowsToPack = 384;
-  // op(W) = W^T is read in place where a pass makes at most this many passes over W per thread (products
-  // times blocks of panel_gemm::kTransposedRows rows): each pass transposes every tile of W once, as the
-  // packing would, without the packed copy's buffer.
+  // op(W) = W^T is read in place where a pass makes at most this many passes over W in all (products times
+  // blocks of panel_gemm::kTransposedRows rows; the in-place product runs on one thread): each pass
+  // transposes every tile of W once, as the packing would, without the packed copy's buffer.
   static constexpr int64_t kMaxTransposedPasses = 1;
   // Rows of `a` kept in cache across panels: 16 register blocks with AVX2, 8 with AVX-512.
   static constexpr int64_t kRowBlock = 96;
