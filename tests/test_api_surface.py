@@ -250,6 +250,16 @@ def lstm_forward_cases(device):
 CUDNN_WORDED = {"meta states", "meta c"}
 
 
+def assert_raises_like_nn(ref, ext, *args):
+    """ext(*args) raises what ref(*args) raises: the same type and message."""
+    with pytest.raises(Exception) as expected:
+        ref(*args)
+    with pytest.raises(type(expected.value)) as actual:
+        ext(*args)
+    assert type(actual.value) is type(expected.value)
+    assert str(actual.value) == str(expected.value)
+
+
 @pytest.mark.parametrize("case", list(lstm_forward_cases("cpu")))
 def test_lstm_forward_errors_as_nn(device, case):
     if device.type == "cuda" and case in CUDNN_WORDED:
@@ -258,12 +268,7 @@ def test_lstm_forward_errors_as_nn(device, case):
     ref = nn.LSTM(4, 6, device=device)
     ext = lstm_ext.LSTM(4, 6, device=device)
     input, hx = lstm_forward_cases(device)[case]
-    with pytest.raises(Exception) as expected:
-        ref(input, hx)
-    with pytest.raises(type(expected.value)) as actual:
-        ext(input, hx)
-    assert type(actual.value) is type(expected.value)
-    assert str(actual.value) == str(expected.value)
+    assert_raises_like_nn(ref, ext, input, hx)
 
 
 def test_lstm_input_on_another_device_than_the_weights(device):
@@ -358,12 +363,7 @@ def test_cell_forward_errors_as_nn(device, case):
     ref = nn.LSTMCell(4, 7, device=device)
     ext = lstm_ext.LSTMCell(4, 7, device=device)
     input, hx = cell_forward_cases(device)[case]
-    with pytest.raises(Exception) as expected:
-        ref(input, hx)
-    with pytest.raises(type(expected.value)) as actual:
-        ext(input, hx)
-    assert type(actual.value) is type(expected.value)
-    assert str(actual.value) == str(expected.value)
+    assert_raises_like_nn(ref, ext, input, hx)
 
 
 def test_cell_structures_nn_accepts_are_accepted(device):
