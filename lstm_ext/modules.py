@@ -241,7 +241,9 @@ class LSTM(nn.Module):
                 _onnx.reject_packed()  # before int(batch_sizes[0]), which torch.export cannot trace
         weight = weights[0]
         self._check_input(data, weight, packed=True)
-        batch = int(batch_sizes[0])
+        # The batch from sorted_indices' length where there is one: reading batch_sizes[0] breaks a compiled
+        # graph (data-dependent) and costs a microsecond in eager calls.
+        batch = sorted_indices.numel() if sorted_indices is not None else int(batch_sizes[0])
         if hx is None:
             hx = self._zero_state(batch, data)
         else:
