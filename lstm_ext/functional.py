@@ -17,6 +17,17 @@ from . import _ops, composite
 from .autograd import LSTMFunction
 
 
+def onnx_export():
+    """lstm_ext._onnx while torch.onnx.export records the model, else None. Both exporters record through
+    torch.export or a TorchScript trace: testing those first keeps eager calls fast, and _onnx (which
+    imports the exporters' flags, ~50 ms) is imported only then."""
+    if not torch.compiler.is_exporting() and torch._C._get_tracing_state() is None:
+        return None
+    from . import _onnx
+
+    return _onnx if _onnx.exporting() else None
+
+
 def _layer(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse, training=True):
     """One (layer, direction). Eager calls keep the activations for a backward whenever a gradient may be
     asked for; a recorded program (torch.export, torch.jit.trace) keeps them when ``training`` (the module's
@@ -67,14 +78,10 @@ def lstm(
     of every layer but the last when training. Returns ``(output, (h_n, c_n))``, output in the layout
     of input, h_n and c_n each sequence's last state.
     """
-    # ONNX's own LSTM operator, not the fused op (see _onnx.py). Both exporters record the model through
-    # torch.export or a TorchScript trace; the cheap test of those first keeps eager calls fast.
-    if torch.compiler.is_exporting() or torch._C._get_tracing_state() is not None:
-        from . import _onnx
-
-        if _onnx.exporting():
-            return _onnx.lstm(input, hx, flat_weights, has_biases, num_layers, dropout, training, bidirectional,
-                              batch_first, batch_sizes)
+    onnx = onnx_export()
+    if onnx is not None:  # ONNX's own LSTM operator, not the fused op
+        return onnx.lstm(input, hx, flat_weights, has_biases, num_layers, dropout, training, bidirectional,
+                         batch_first, batch_sizes)
     expected_dim = 3 if batch_sizes is None else 2
     if input.dim() != expected_dim:
         layout = "[N, I] (packed)" if batch_sizes is not None else ("[B, T, I]" if batch_first else "[T, B, I]")

@@ -30,7 +30,7 @@ from torch.fx import Proxy
 from torch.jit import is_scripting as _is_scripting
 from torch.nn.utils.rnn import PackedSequence
 
-from .functional import lstm, lstm_cell
+from .functional import lstm, lstm_cell, onnx_export
 
 _SCRIPT_WARNING = (
     "torch.jit.script: {name} runs torch.nn.{name}'s TorchScript implementation (torch._VF.{op}) on the same "
@@ -234,11 +234,9 @@ class LSTM(nn.Module):
         # nn.LSTM leaves a packed input's errors to its kernels; here they get nn.LSTM's words for the same
         # things (check_input's, check_hidden_size's, the devices').
         data, batch_sizes, sorted_indices, unsorted_indices = packed
-        if torch.compiler.is_exporting() or torch._C._get_tracing_state() is not None:
-            from . import _onnx
-
-            if _onnx.exporting():
-                _onnx.reject_packed()  # before int(batch_sizes[0]), which torch.export cannot trace
+        onnx = onnx_export()
+        if onnx is not None:
+            onnx.reject_packed()  # before the packed input's checks, which torch.export cannot trace
         weight = weights[0]
         self._check_input(data, weight, packed=True)
         # The batch from sorted_indices' length where there is one: reading batch_sizes[0] breaks a compiled
@@ -249,8 +247,7 @@ class LSTM(nn.Module):
         else:
             # The states are given in the caller's batch order; the packed rows are sorted by length
             # (nn.LSTM's permute_hidden, before any check).
-            if sorted_indices is not None:
-                hx = (hx[0].index_select(1, sorted_indices), hx[1].index_select(1, sorted_indices))
+            hx = self.permute_hidden(hx, sorted_indices)
             if torch.compiler.is_compiling():
                 # batch_sizes[0] is data to the compiler, which cannot branch on it: the states' batch is
                 # checked against it when the graph runs, and their other sizes here.
@@ -262,7 +259,7 @@ class LSTM(nn.Module):
         output, (h_n, c_n) = lstm(data, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
                                   self.bidirectional, False, batch_sizes=batch_sizes)
         output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
-        return output, (_permute_batch(h_n, unsorted_indices), _permute_batch(c_n, unsorted_indices))
+        return output, self.permute_hidden((h_n, c_n), unsorted_indices)
 
     def _check_input(self, input: Tensor, weight: Tensor, packed: bool = False) -> None:
         """nn.RNNBase.check_input's checks and words, given the first weight (forward has it at hand)."""
@@ -278,13 +275,13 @@ class LSTM(nn.Module):
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
             )
 
-    def _state_shapes(self, batch: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    def _state_shapes(self, batch: int) -> Tuple[Tuple[int, int, int], Tuple[int, int, int]]:
         """The shapes of (h_0, c_0): h is proj_size wide when projecting, c always hidden_size."""
         layers = self.num_layers * (2 if self.bidirectional else 1)
         h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         return (layers, batch, h_size), (layers, batch, self.hidden_size)
 
-    def _zero_state(self, batch: int, input: Tensor) -> tuple[Tensor, Tensor]:
+    def _zero_state(self, batch: int, input: Tensor) -> Tuple[Tensor, Tensor]:
         h_shape, c_shape = self._state_shapes(batch)
         zeros = torch.zeros(c_shape, dtype=input.dtype, device=input.device)
         # The layers only read their initial states, so h_0 and c_0 may share one tensor of zeros.
@@ -341,7 +338,7 @@ class LSTM(nn.Module):
         if not is_batched:
             input = input.unsqueeze(batch_dim)
         if hx is None:
-            hx = self._scripted_zero_state(input.size(batch_dim), input)
+            hx = self._zero_state(input.size(batch_dim), input)
         else:
             hx = self._batched_states(hx, is_batched)
         self.check_forward_args(input, hx, None)
@@ -359,7 +356,7 @@ class LSTM(nn.Module):
         """nn.LSTM.forward for a PackedSequence, in TorchScript."""
         data, batch_sizes, sorted_indices, unsorted_indices = input
         if hx is None:
-            hx = self._scripted_zero_state(int(batch_sizes[0]), data)
+            hx = self._zero_state(int(batch_sizes[0]), data)
         else:
             hx = self.permute_hidden(hx, sorted_indices)
         result = _VF.lstm(data, batch_sizes, hx, self._scripted_flat_weights, self.bias, self.num_layers,
@@ -367,15 +364,6 @@ class LSTM(nn.Module):
         output = PackedSequence(result[0], batch_sizes, sorted_indices, unsorted_indices)
         return output, self.permute_hidden((result[1], result[2]), unsorted_indices)
 
-    def _scripted_zero_state(self, batch: int, input: Tensor) -> Tuple[Tensor, Tensor]:
-        layers = self.num_layers * (2 if self.bidirectional else 1)
-        h_size = self.proj_size if self.proj_size > 0 else self.hidden_size
-        return (torch.zeros(layers, batch, h_size, dtype=input.dtype, device=input.device),
-                torch.zeros(layers, batch, self.hidden_size, dtype=input.dtype, device=input.device))
-
-
-def _permute_batch(state: Tensor, permutation: Tensor | None) -> Tensor:
-    return state if permutation is None else state.index_select(1, permutation)
 
 
 def _raise_parameter_device(input: Tensor, weight: Tensor):
