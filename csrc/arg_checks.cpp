@@ -3,6 +3,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -52,10 +54,66 @@ std::vector<int64_t> LayerSizes::sequence_shape(int64_t features) const {
   return {layout.steps(), layout.batch, features};
 }
 
-LayerSizes check_layer_forward_args(const char* op, const at::Tensor& input, const at::Tensor& batch_sizes,
-                                    const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                                    const at::Tensor& bias_ih, const at::Tensor& bias_hh, const at::Tensor& weight_hr,
-                                    const at::Tensor& h0, const at::Tensor& c0) {
+namespace {
+
+// The cell's arguments (lstm_cell.h) against the layer's sizes.
+void check_cell_args(const char* op, const LayerSizes& s, const LayerForwardArgs& a) {
+  const at::Tensor& input = a.input;
+  if (a.weight_peephole.defined()) {
+    check_shape(op, "weight_peephole", a.weight_peephole, {3 * s.H}, "[3*hidden_size]");
+  }
+  const int64_t given = int64_t{a.layer_norm_weight_ih.defined()} + a.layer_norm_weight_hh.defined() +
+                        a.layer_norm_weight_c.defined() + a.layer_norm_bias_c.defined();
+  TORCH_CHECK(given == 0 || given == 4, op,
+              ": layer_norm_weight_ih, layer_norm_weight_hh, layer_norm_weight_c and layer_norm_bias_c must all be "
+              "given or all be None, got ", given, " of them");
+  if (given == 4) {
+    check_shape(op, "layer_norm_weight_ih", a.layer_norm_weight_ih, {4 * s.H}, "[4*hidden_size]");
+    check_shape(op, "layer_norm_weight_hh", a.layer_norm_weight_hh, {4 * s.H}, "[4*hidden_size]");
+    check_shape(op, "layer_norm_weight_c", a.layer_norm_weight_c, {s.H}, "[hidden_size]");
+    check_shape(op, "layer_norm_bias_c", a.layer_norm_bias_c, {s.H}, "[hidden_size]");
+  }
+  if (a.recurrent_mask.defined()) {
+    check_shape(op, "recurrent_mask", a.recurrent_mask, {s.layout.batch, s.P},
+                a.weight_hr.defined() ? "[batch, proj_size]" : "[batch, hidden_size]");
+  }
+  const char* per_step_c = s.packed ? "[rows, hidden_size]" : "[seq_len, batch, hidden_size]";
+  for (const auto& [name, mask, rate] :
+       {std::tuple<const char*, const at::Tensor&, double>{"zoneout_cell", a.zoneout_cell_mask, a.zoneout_cell},
+        {"zoneout_hidden", a.zoneout_hidden_mask, a.zoneout_hidden}}) {
+    TORCH_CHECK(rate >= 0 && rate <= 1, op, ": ", name, " must be a rate in [0, 1], got ", rate);
+    if (mask.defined()) {
+      check_shape(op, name == std::string("zoneout_cell") ? "zoneout_cell_mask" : "zoneout_hidden_mask", mask,
+                  s.sequence_shape(s.H), per_step_c);
+    }
+    TORCH_CHECK(!(a.weight_hr.defined() && (mask.defined() || rate != 0)), op, ": ", name,
+                " with weight_hr (proj_size > 0) is not implemented");
+  }
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"weight_peephole", a.weight_peephole},
+                                {"layer_norm_weight_ih", a.layer_norm_weight_ih},
+                                {"layer_norm_weight_hh", a.layer_norm_weight_hh},
+                                {"layer_norm_weight_c", a.layer_norm_weight_c},
+                                {"layer_norm_bias_c", a.layer_norm_bias_c}, {"recurrent_mask", a.recurrent_mask},
+                                {"zoneout_cell_mask", a.zoneout_cell_mask},
+                                {"zoneout_hidden_mask", a.zoneout_hidden_mask}}) {
+    if (t.defined()) {
+      check_like_input(op, input, name, t);
+    }
+  }
+}
+
+}  // namespace
+
+LayerSizes check_layer_forward_args(const char* op, const LayerForwardArgs& a) {
+  const at::Tensor& input = a.input;
+  const at::Tensor& batch_sizes = a.batch_sizes;
+  const at::Tensor& weight_ih = a.weight_ih;
+  const at::Tensor& weight_hh = a.weight_hh;
+  const at::Tensor& bias_ih = a.bias_ih;
+  const at::Tensor& bias_hh = a.bias_hh;
+  const at::Tensor& weight_hr = a.weight_hr;
+  const at::Tensor& h0 = a.h0;
+  const at::Tensor& c0 = a.c0;
   check_defined(op, "input", input);
   LayerSizes s;
   s.packed = batch_sizes.defined();
@@ -102,17 +160,21 @@ LayerSizes check_layer_forward_args(const char* op, const at::Tensor& input, con
       check_like_input(op, input, name, t);
     }
   }
+  check_cell_args(op, s, a);
   return s;
 }
 
-LayerSizes check_layer_backward_args(const char* op, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
-                                     const at::Tensor& grad_c_n, const at::Tensor& input,
-                                     const at::Tensor& batch_sizes, const at::Tensor& weight_ih,
-                                     const at::Tensor& weight_hh, const at::Tensor& weight_hr, const at::Tensor& h0,
-                                     const at::Tensor& c0, const at::Tensor& output, const at::Tensor& gates,
-                                     const at::Tensor& cells, const at::Tensor& unprojected) {
-  const LayerSizes s = check_layer_forward_args(op, input, batch_sizes, weight_ih, weight_hh, at::Tensor(),
-                                                at::Tensor(), weight_hr, h0, c0);
+LayerSizes check_layer_backward_args(const char* op, const LayerBackwardArgs& args) {
+  const LayerSizes s = check_layer_forward_args(op, args.forward);
+  const at::Tensor& input = args.forward.input;
+  const at::Tensor& weight_hr = args.forward.weight_hr;
+  const at::Tensor& grad_output = args.grads.grad_output;
+  const at::Tensor& grad_h_n = args.grads.grad_h_n;
+  const at::Tensor& grad_c_n = args.grads.grad_c_n;
+  const at::Tensor& output = args.saved.output;
+  const at::Tensor& gates = args.saved.gates;
+  const at::Tensor& cells = args.saved.cells;
+  const at::Tensor& unprojected = args.saved.unprojected;
   const int64_t B = s.layout.batch;
   const char* per_step_h = s.packed ? "[rows, hidden_size or proj_size]" : "[seq_len, batch, hidden_size or proj_size]";
   const char* per_step_c = s.packed ? "[rows, hidden_size]" : "[seq_len, batch, hidden_size]";
@@ -129,9 +191,20 @@ LayerSizes check_layer_backward_args(const char* op, const at::Tensor& grad_outp
   if (weight_hr.defined()) {
     check_shape(op, "unprojected", unprojected, s.sequence_shape(s.H), per_step_c);
   }
+  if (args.grads.grad_cells.defined()) {
+    check_shape(op, "grad_cells", args.grads.grad_cells, s.sequence_shape(s.H), per_step_c);
+  }
+  if (args.forward.layer_norm_weight_hh.defined()) {
+    std::vector<int64_t> normalized_shape = s.sequence_shape(4 * s.H);
+    normalized_shape.insert(normalized_shape.begin(), 2);
+    check_shape(op, "normalized", args.saved.normalized, normalized_shape,
+                s.packed ? "[2, rows, 4*hidden_size]" : "[2, seq_len, batch, 4*hidden_size]");
+    check_shape(op, "row_stats", args.saved.row_stats, s.sequence_shape(4), s.packed ? "[rows, 4]" : "[seq_len, batch, 4]");
+  }
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"grad_output", grad_output},
-                                {"grad_h_n", grad_h_n}, {"grad_c_n", grad_c_n}, {"output", output},
-                                {"gates", gates}, {"cells", cells}, {"unprojected", unprojected}}) {
+                                {"grad_h_n", grad_h_n}, {"grad_c_n", grad_c_n}, {"grad_cells", args.grads.grad_cells},
+                                {"output", output}, {"gates", gates}, {"cells", cells}, {"unprojected", unprojected},
+                                {"normalized", args.saved.normalized}, {"row_stats", args.saved.row_stats}}) {
     if (t.defined()) {
       check_like_input(op, input, name, t);
     }

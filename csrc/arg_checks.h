@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "layer_op_args.h"
 #include "sequence_layout.h"
 
 namespace lstm_ext {
@@ -24,19 +25,11 @@ struct LayerSizes {
 };
 
 // input [T, B, I] (or [N, I] with batch_sizes), weight_ih [4H, I], weight_hh [4H, P], bias_ih/bias_hh
-// [4H] (both or neither), weight_hr [P, H] or undefined (then P = H), h0 [B, P], c0 [B, H]; one dtype,
-// one device, a dtype the device supports.
-LayerSizes check_layer_forward_args(const char* op, const at::Tensor& input, const at::Tensor& batch_sizes,
-                                    const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                                    const at::Tensor& bias_ih, const at::Tensor& bias_hh, const at::Tensor& weight_hr,
-                                    const at::Tensor& h0, const at::Tensor& c0);
+// [4H] (both or neither), weight_hr [P, H] or undefined (then P = H), h0 [B, P], c0 [B, H], the cell's
+// arguments as lstm_cell.h says; one dtype, one device, a dtype the device supports.
+LayerSizes check_layer_forward_args(const char* op, const LayerForwardArgs& args);
 
 // The forward's arguments again, plus the gradients and what the forward kept for the backward.
-LayerSizes check_layer_backward_args(const char* op, const at::Tensor& grad_output, const at::Tensor& grad_h_n,
-                                     const at::Tensor& grad_c_n, const at::Tensor& input,
-                                     const at::Tensor& batch_sizes, const at::Tensor& weight_ih,
-                                     const at::Tensor& weight_hh, const at::Tensor& weight_hr,
-                                     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& output,
-                                     const at::Tensor& gates, const at::Tensor& cells, const at::Tensor& unprojected);
+LayerSizes check_layer_backward_args(const char* op, const LayerBackwardArgs& args);
 
 }  // namespace lstm_ext

@@ -14,7 +14,7 @@
 //
 // Shapes (N = layout.rows; contiguous; checked by the ops before they get here):
 //   input [N, I], h0 [B, P], c0 [B, H], output [N, P], gates [N, 4H] (activated i, f, g, o),
-//   cells [N, H] (c_t); the weights as LayerWeights says.
+//   cells [N, H] (c_t); the weights as LayerWeights says, the cell's variants as lstm_cell.h says.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -32,21 +32,40 @@ struct LayerWeights {
   at::Tensor weight_hr;  // [P, H] (proj_size = P) or undefined (then P = H)
 };
 
+// One (layer, direction) to run forward: contiguous rows, checked by the ops (layer_ops.cpp).
+struct LayerForwardProblem {
+  const SequenceLayout* layout;
+  at::Tensor input;  // [N, I]
+  LayerWeights weights;
+  CellParams cell;
+  at::Tensor h0;  // [B, P]
+  at::Tensor c0;  // [B, H]
+  bool reverse;
+  bool training;
+};
+
 struct LayerForwardResult {
   at::Tensor output;       // [N, P]
   at::Tensor h_n;          // [B, P]: each sequence's last h
   at::Tensor c_n;          // [B, H]: each sequence's last c
-  at::Tensor gates;        // [N, 4H] when training, else empty
-  at::Tensor cells;        // [N, H] when training, else empty
   at::Tensor unprojected;  // [N, H], h before the projection, when training with weight_hr, else empty
+  // Kept when training, else empty (lstm_cell.h): activated gates [N, 4H], c_t [N, H], with layer norm the
+  // normalized input and recurrent products [2, N, 4H] and the rows' statistics [N, 4].
+  at::Tensor gates;
+  at::Tensor cells;
+  at::Tensor normalized;
+  at::Tensor row_stats;
 };
 
-// What the forward kept, as the backward reads it.
-struct LayerSaved {
-  at::Tensor output;       // [N, P]
-  at::Tensor gates;        // [N, 4H]
-  at::Tensor cells;        // [N, H]
-  at::Tensor unprojected;  // [N, H] with weight_hr, else undefined
+// The backward of a training forward: its problem, what it returned (as rows), and the gradients arriving.
+struct LayerBackwardProblem {
+  LayerForwardProblem forward;
+  LayerForwardResult saved;
+  at::Tensor grad_output;  // [N, P]
+  at::Tensor grad_h_n;     // [B, P]
+  at::Tensor grad_c_n;     // [B, H]
+  at::Tensor grad_cells;   // [N, H] or undefined
+  bool need_grad_input;
 };
 
 struct LayerBackwardResult {
@@ -57,17 +76,14 @@ struct LayerBackwardResult {
   at::Tensor grad_weight_hr;  // [P, H], empty without weight_hr
   at::Tensor grad_h0;         // [B, P]
   at::Tensor grad_c0;         // [B, H]
+  // The cell's parameters' (empty where absent).
+  at::Tensor grad_weight_peephole;
+  at::Tensor grad_layer_norm_weight_ih, grad_layer_norm_weight_hh, grad_layer_norm_weight_c, grad_layer_norm_bias_c;
 };
 
-LayerForwardResult lstm_layer_forward(const StepKernels& steps, const SequenceLayout& layout,
-                                      const at::Tensor& input, const LayerWeights& weights, const at::Tensor& h0,
-                                      const at::Tensor& c0, bool reverse, bool training);
-
-LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const SequenceLayout& layout,
-                                        const at::Tensor& grad_output, const at::Tensor& grad_h_n,
-                                        const at::Tensor& grad_c_n, const at::Tensor& input,
-                                        const LayerWeights& weights, const at::Tensor& h0, const at::Tensor& c0,
-                                        const LayerSaved& saved, bool reverse, bool has_bias,
-                                        bool need_grad_input);
+// The backend's own run of the layer where it has one (StepKernels::forward_layer), else the generic
+// recurrence.
+LayerForwardResult lstm_layer_forward(const StepKernels& steps, const LayerForwardProblem& problem);
+LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const LayerBackwardProblem& problem);
 
 }  // namespace lstm_ext

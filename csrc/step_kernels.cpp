@@ -90,7 +90,24 @@ void StepKernels::for_each_work_share(int64_t batch, int64_t hidden, bool /*may_
   fn(WorkShare{BatchChunk{0, batch}, IndexRange{0, hidden}});
 }
 
-bool StepKernels::project_input_in_chunks(int64_t /*batch*/, int64_t /*input_size*/, int64_t /*gate_width*/) const {
+InferenceProjection StepKernels::plan_inference_projection(int64_t /*batch*/, int64_t steps, int64_t /*input_size*/,
+                                                           int64_t /*gate_width*/, int64_t /*element_size*/) const {
+  return InferenceProjection{false, std::max<int64_t>(steps, 1)};
+}
+
+void StepKernels::multiply_rows(const RowBlock& out, const RowBlock& a, const RowBlock& mask,
+                                const at::TensorOptions& options) const {
+  if (out.rows > 0 && out.cols > 0) {
+    at::Tensor result = as_tensor(out, options);
+    at::mul_out(result, as_tensor(a, options), as_tensor(mask, options));
+  }
+}
+
+bool StepKernels::forward_layer(const LayerForwardProblem& /*problem*/, LayerForwardResult& /*result*/) const {
+  return false;
+}
+
+bool StepKernels::backward_layer(const LayerBackwardProblem& /*problem*/, LayerBackwardResult& /*result*/) const {
   return false;
 }
 

@@ -10,7 +10,14 @@
 #include <cstdint>
 #include <vector>
 
+#include "lstm_cell.h"
+
 namespace lstm_ext {
+
+struct LayerForwardProblem;
+struct LayerForwardResult;
+struct LayerBackwardProblem;
+struct LayerBackwardResult;
 
 // Consecutive rows of a contiguous row-major matrix, as a pointer and sizes. The loops carve each
 // step's rows out of the sequence buffers with these, not with tensor views: at small sizes a tensor
@@ -54,6 +61,13 @@ struct ForwardStepArgs {
   RowBlock c;       // [B, H] out: c_t; may alias c_prev (each element is read before it is written)
   bool keep_gates;  // training: leave the activated gates in `gates` for the backward
   IndexRange units;  // [0, H) but where the backend splits the units of a step (for_each_work_share)
+  // The cell's variants (lstm_cell.h): null for nn.LSTM's plain cell, and then the blocks below are empty.
+  const CellParams* cell = nullptr;
+  RowBlock recurrent;            // layer norm: [B, 4H] in: the raw recurrent product; out: normalized
+  RowBlock stats;                // layer norm: [B, 4] out: the rows' statistics (lstm_cell.h)
+  RowBlock h_prev;               // zoneout of h: [B, H] h_{t-1}
+  RowBlock zoneout_cell_mask;    // [B, H], else the rate
+  RowBlock zoneout_hidden_mask;  // [B, H], else the rate
 };
 
 // One backward step over the rows of `gates`, units `units` of each. Every block has the same rows.
@@ -67,6 +81,20 @@ struct BackwardStepArgs {
   RowBlock grad_c;       // [B, H] in: dL/dc_t from step t+1; out: dL/dc_{t-1}, in place
   RowBlock grad_gates;   // [B, 4H] out: dL/d(pre-activation gates)
   IndexRange units;      // as in ForwardStepArgs
+  // The cell's variants (lstm_cell.h): null for the plain cell, and then the blocks below are empty.
+  // grad_h_next is then the gradient through the next step's recurrent product before the recurrent mask.
+  const CellParams* cell = nullptr;
+  RowBlock recurrent_mask;        // [B, H]
+  RowBlock carry;                 // [B, H] in/out: dL/dh that skips the recurrent product (cell_rows::BackwardRow)
+  RowBlock grad_cells;            // [B, H] dL/dc_t from the cell states
+  RowBlock grad_recurrent;        // layer norm: [B, 4H] out: dL/d(raw recurrent product)
+  RowBlock grad_params;           // [B, K] out: the rows' terms of the cell's parameter gradients
+  RowBlock normalized_recurrent;  // layer norm: [B, 4H]
+  RowBlock stats;                 // layer norm: [B, 4]
+  RowBlock zoneout_cell_mask;     // [B, H]
+  RowBlock zoneout_hidden_mask;   // [B, H]
+  int64_t peephole_terms = 0;     // where grad_params' columns of each parameter start
+  int64_t layer_norm_c_terms = 0;
 };
 
 // A weight of the per-step matmul, prepared once per pass. `packed` is what the backend made of it
@@ -101,6 +129,14 @@ struct TransposedProduct {
   at::Tensor a;
   at::Tensor b;
   bool accumulate;
+};
+
+// How an inference forward projects its input (the input GEMM of the steps, biases folded in):
+// `block_steps` steps at a time, before those steps run, or, `in_chunks`, each batch chunk's rows of a step
+// right before the step.
+struct InferenceProjection {
+  bool in_chunks;
+  int64_t block_steps;
 };
 
 // Sequences [begin, end) of the batch.
@@ -190,12 +226,21 @@ class StepKernels {
   virtual void for_each_work_share(int64_t batch, int64_t hidden, bool may_split_units,
                                    const WorkShareFn& fn) const;
 
-  // Whether an inference forward over `batch` sequences ([*, input_size] in, [*, gate_width] gates)
-  // projects each step's input inside the batch chunks, right before the step, instead of a block of
-  // steps at a time before them. Here no: one large GEMM is what a GPU wants. The CPU does when its
-  // chunks have enough work per step: no wait between the projection and the steps, and the step's
-  // gates stay in cache.
-  virtual bool project_input_in_chunks(int64_t batch, int64_t input_size, int64_t gate_width) const;
+  // How an inference forward over `steps` steps of `batch` sequences ([*, input_size] in, [*, gate_width]
+  // gates of `element_size` bytes) projects its input. Here all steps in one GEMM, what a GPU wants. The
+  // CPU projects a cache-sized block of steps at a time, or inside its chunks (cpu/cpu_backend.h).
+  virtual InferenceProjection plan_inference_projection(int64_t batch, int64_t steps, int64_t input_size,
+                                                        int64_t gate_width, int64_t element_size) const;
+
+  // out = a * mask, elementwise over blocks of the same rows and columns (the recurrent dropout mask).
+  // Here ATen's mul; the CPU multiplies the rows itself.
+  virtual void multiply_rows(const RowBlock& out, const RowBlock& a, const RowBlock& mask,
+                             const at::TensorOptions& options) const;
+
+  // The layer seam: a backend that runs a whole (layer, direction) itself (a persistent kernel) does it
+  // here and returns true; false (the default) runs the generic recurrence of lstm_recurrence.cpp.
+  virtual bool forward_layer(const LayerForwardProblem& problem, LayerForwardResult& result) const;
+  virtual bool backward_layer(const LayerBackwardProblem& problem, LayerBackwardResult& result) const;
 };
 
 const StepKernels& cpu_step_kernels();

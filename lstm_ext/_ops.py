@@ -1,7 +1,14 @@
-"""The compiled ops (torch.ops.lstm_ext.*) and their fake kernels, so that FakeTensor tracing
-(torch.compile, torch.export) knows their output shapes without running them."""
+"""The compiled ops (torch.ops.lstm_ext.*), their argument descriptions and their fake kernels, so that
+FakeTensor tracing (torch.compile, torch.export) knows their output shapes without running them.
+
+The ops' arguments are described once, in C++ (csrc/layer_op_args.h); here they are read back from the
+registered schemas as named tuples (ForwardArgs, ForwardResults, BackwardArgs, BackwardResults), which the
+fake kernels, autograd and the tests use instead of spelling the arguments out again.
+"""
 
 from __future__ import annotations
+
+from collections import namedtuple
 
 import torch
 
@@ -12,6 +19,29 @@ _C = _library.load()
 # The overloads themselves: calling the packet resolves the overload on every call, a microsecond and more.
 lstm_layer_forward = torch.ops.lstm_ext.lstm_layer_forward.default
 lstm_layer_backward = torch.ops.lstm_ext.lstm_layer_backward.default
+
+
+def _arguments_tuple(name: str, schema) -> type:
+    defaults = [a.default_value for a in schema.arguments if a.has_default_value()]
+    return namedtuple(name, [a.name for a in schema.arguments], defaults=defaults)
+
+
+def _returns_tuple(name: str, schema) -> type:
+    return namedtuple(name, [r.name for r in schema.returns])
+
+
+ForwardArgs = _arguments_tuple("ForwardArgs", lstm_layer_forward._schema)
+ForwardResults = _returns_tuple("ForwardResults", lstm_layer_forward._schema)
+BackwardArgs = _arguments_tuple("BackwardArgs", lstm_layer_backward._schema)
+BackwardResults = _returns_tuple("BackwardResults", lstm_layer_backward._schema)
+# The forward's tensor arguments that have a gradient, and its name among the backward's results (the two
+# biases share grad_bias). The masks and batch_sizes have none.
+GRAD_OF = {"input": "grad_input", "weight_ih": "grad_weight_ih", "weight_hh": "grad_weight_hh",
+           "bias_ih": "grad_bias", "bias_hh": "grad_bias", "weight_hr": "grad_weight_hr", "h0": "grad_h0",
+           "c0": "grad_c0", **{name: "grad_" + name for name in ForwardArgs._fields
+                               if name.startswith(("weight_peephole", "layer_norm_"))}}
+# The forward's results that are differentiable: output, h_n, c_n and the cell states.
+DIFFERENTIABLE_RESULTS = ("output", "h_n", "c_n", "cells")
 
 
 def compiled_backends() -> tuple[str, ...]:
@@ -39,36 +69,50 @@ def cpu_cache_bytes() -> int:
 
 
 @torch.library.register_fake("lstm_ext::lstm_layer_forward")
-def _lstm_layer_forward_fake(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse,
-                             training):
-    expected_dim = 3 if batch_sizes is None else 2
-    torch._check(input.dim() == expected_dim,
-                 lambda: f"lstm_layer_forward: input must be {expected_dim}-D, got {input.dim()}-D")
-    hidden = c0.shape[1]
-    per_step = input.shape[:-1]  # (T, B) padded, (N,) packed
-    output = input.new_empty((*per_step, h0.shape[1]))
-    h_n = h0.new_empty(h0.shape)
-    c_n = c0.new_empty(c0.shape)
-    nothing = input.new_empty((0,))
-    gates = input.new_empty((*per_step, 4 * hidden)) if training else nothing
-    cells = input.new_empty((*per_step, hidden)) if training else nothing.clone()
-    unprojected = input.new_empty((*per_step, hidden)) if training and weight_hr is not None else nothing.clone()
-    return output, h_n, c_n, gates, cells, unprojected
+def _lstm_layer_forward_fake(*args, **kwargs):
+    a = ForwardArgs(*args, **kwargs)
+    expected_dim = 3 if a.batch_sizes is None else 2
+    torch._check(a.input.dim() == expected_dim,
+                 lambda: f"lstm_layer_forward: input must be {expected_dim}-D, got {a.input.dim()}-D")
+    hidden = a.c0.shape[1]
+    per_step = a.input.shape[:-1]  # (T, B) padded, (N,) packed
+    layer_norm = a.layer_norm_weight_hh is not None
+
+    def kept(shape, keep=True):  # an empty [0] of its own where nothing is kept
+        return a.input.new_empty(shape) if a.training and keep else a.input.new_empty((0,))
+
+    return tuple(ForwardResults(
+        output=a.input.new_empty((*per_step, a.h0.shape[1])),
+        h_n=a.h0.new_empty(a.h0.shape),
+        c_n=a.c0.new_empty(a.c0.shape),
+        unprojected=kept((*per_step, hidden), a.weight_hr is not None),
+        gates=kept((*per_step, 4 * hidden)),
+        cells=kept((*per_step, hidden)),
+        normalized=kept((2, *per_step, 4 * hidden), layer_norm),
+        row_stats=kept((*per_step, 4), layer_norm),
+    ))
 
 
 @torch.library.register_fake("lstm_ext::lstm_layer_backward")
-def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, weight_ih, weight_hh, weight_hr,
-                              h0, c0, output, gates, cells, unprojected, reverse, has_bias, need_grad_input):
-    hidden = c0.shape[1]
-    grad_bias = input.new_empty((4 * hidden,)) if has_bias else input.new_empty((0,))
-    grad_weight_hr = input.new_empty((0,)) if weight_hr is None else torch.empty_like(
-        weight_hr, memory_format=torch.contiguous_format)
-    return (
-        torch.empty_like(input, memory_format=torch.contiguous_format) if need_grad_input else input.new_empty((0,)),
-        torch.empty_like(weight_ih, memory_format=torch.contiguous_format),
-        torch.empty_like(weight_hh, memory_format=torch.contiguous_format),
-        grad_bias,
-        grad_weight_hr,
-        torch.empty_like(h0, memory_format=torch.contiguous_format),
-        torch.empty_like(c0, memory_format=torch.contiguous_format),
-    )
+def _lstm_layer_backward_fake(*args, **kwargs):
+    a = BackwardArgs(*args, **kwargs)
+
+    def like(t, present=True):
+        return torch.empty_like(t, memory_format=torch.contiguous_format) if present and t is not None \
+            else a.input.new_empty((0,))
+
+    hidden = a.c0.shape[1]
+    return tuple(BackwardResults(
+        grad_input=like(a.input, a.need_grad_input),
+        grad_weight_ih=like(a.weight_ih),
+        grad_weight_hh=like(a.weight_hh),
+        grad_bias=a.input.new_empty((4 * hidden,)) if a.bias_ih is not None else a.input.new_empty((0,)),
+        grad_weight_hr=like(a.weight_hr),
+        grad_h0=like(a.h0),
+        grad_c0=like(a.c0),
+        grad_weight_peephole=like(a.weight_peephole),
+        grad_layer_norm_weight_ih=like(a.layer_norm_weight_ih),
+        grad_layer_norm_weight_hh=like(a.layer_norm_weight_hh),
+        grad_layer_norm_weight_c=like(a.layer_norm_weight_c),
+        grad_layer_norm_bias_c=like(a.layer_norm_bias_c),
+    ))

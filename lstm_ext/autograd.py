@@ -2,7 +2,8 @@
 
 The same setup_context/backward pair is also registered as the autograd formula of the op
 torch.ops.lstm_ext.lstm_layer_forward, so the op is differentiable when called directly and
-torch.library.opcheck finds it registered; there is one backward, not two.
+torch.library.opcheck finds it registered; there is one backward, not two. Arguments and results are
+handled by name through the ops' own descriptions (_ops.ForwardArgs, _ops.BackwardArgs ...).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import _ops, composite
+from ._ops import BackwardArgs, BackwardResults, ForwardArgs, ForwardResults
 
 
 def _call_below_autograd(op, args):
@@ -24,67 +26,72 @@ def _call_below_autograd(op, args):
 
 _AUTOCAST_KEYS = (torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
                   | torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCUDA))
+_NON_DIFFERENTIABLE = [i for i, name in enumerate(ForwardResults._fields) if name not in _ops.DIFFERENTIABLE_RESULTS]
 
 
 def _setup_context(ctx, inputs, output):
-    input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse, training = inputs
-    layer_output, _h_n, _c_n, gates, cells, unprojected = output
-    ctx.mark_non_differentiable(gates, cells, unprojected)
+    args = ForwardArgs(*inputs)
+    ctx.mark_non_differentiable(*[output[i] for i in _NON_DIFFERENTIABLE])
     ctx.set_materialize_grads(False)  # absent grads stay None: no [T, B, 4H] of zeros for gates
-    ctx.reverse = reverse
-    ctx.training = training
-    ctx.has_bias = bias_ih is not None
-    ctx.save_for_backward(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, layer_output,
-                          gates, cells, unprojected)
+    ctx.flags = {name: value for name, value in args._asdict().items() if not isinstance(value, torch.Tensor)
+                 and value is not None}
+    ctx.tensor_names = [name for name, value in args._asdict().items() if isinstance(value, torch.Tensor)]
+    ctx.save_for_backward(*[getattr(args, name) for name in ctx.tensor_names], *output)
 
 
-def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cells, _grad_unprojected):
-    if not ctx.training:
+def _saved(ctx):
+    """The forward's arguments and results, as the context kept them."""
+    saved = ctx.saved_tensors
+    n = len(ctx.tensor_names)
+    values = dict.fromkeys(ForwardArgs._fields)
+    values.update(ctx.flags)
+    values.update(zip(ctx.tensor_names, saved[:n]))
+    return ForwardArgs(**values), ForwardResults(*saved[n:])
+
+
+def _backward(ctx, *grads):
+    grads = ForwardResults(*grads)
+    args, results = _saved(ctx)
+    if not args.training:
         raise RuntimeError(
             "lstm_ext: backward through lstm_layer_forward called with training=False, which keeps "
             "nothing for the backward; call it with training=True (LSTMFunction does). A model recorded "
             "by torch.export or torch.jit.trace in eval() mode runs this inference op: record it in "
             "train() mode (dropout 0 for eval numbers) to differentiate it"
         )
-    (input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, layer_output, gates, cells,
-     unprojected) = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph: the gradients must be differentiable themselves
-        return _differentiable_backward(ctx, (input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                                              h0, c0), (grad_output, grad_h_n, grad_c_n))
-    if grad_output is None:
-        grad_output = torch.zeros_like(layer_output)
-    if grad_h_n is None:
-        grad_h_n = torch.zeros_like(h0)
-    if grad_c_n is None:
-        grad_c_n = torch.zeros_like(c0)
-    args = (grad_output, grad_h_n, grad_c_n, input, batch_sizes, weight_ih, weight_hh, weight_hr, h0, c0, layer_output,
-            gates, cells, unprojected, ctx.reverse, ctx.has_bias, ctx.needs_input_grad[0])
-    grads = _call_below_autograd(_ops.lstm_layer_backward, args)
-    grad_input, grad_weight_ih, grad_weight_hh, grad_bias, grad_weight_hr, grad_h0, grad_c0 = grads
-    grad_bias_ih = grad_bias if ctx.has_bias and ctx.needs_input_grad[4] else None
-    grad_bias_hh = grad_bias if ctx.has_bias and ctx.needs_input_grad[5] else None
-    grad_weight_hr = grad_weight_hr if weight_hr is not None else None
-    return (grad_input, None, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh, grad_weight_hr, grad_h0,
-            grad_c0, None, None)
+        return _differentiable_backward(ctx, args, grads)
+    grad_output = grads.output if grads.output is not None else torch.zeros_like(results.output)
+    grad_h_n = grads.h_n if grads.h_n is not None else torch.zeros_like(args.h0)
+    grad_c_n = grads.c_n if grads.c_n is not None else torch.zeros_like(args.c0)
+    backward_args = BackwardArgs(grad_output, grad_h_n, grad_c_n, grads.cells, *args, *results,
+                                 need_grad_input=ctx.needs_input_grad[0])
+    computed = BackwardResults(*_call_below_autograd(_ops.lstm_layer_backward, backward_args))
+    # One gradient per argument the forward was given (LSTMFunction.apply may leave the variants' out).
+    return tuple(getattr(computed, _ops.GRAD_OF[name])
+                 if name in _ops.GRAD_OF and getattr(args, name) is not None and needed else None
+                 for name, needed in zip(ForwardArgs._fields, ctx.needs_input_grad))
 
 
-def _differentiable_backward(ctx, inputs, grads):
+def _differentiable_backward(ctx, args, grads):
     """The gradients as a graph of their own (create_graph=True): the layer recomputed in differentiable ops
     (composite.layer), then autograd through it. The first-order backward keeps the fused op."""
-    needs = [ctx.needs_input_grad[i] for i in range(len(inputs))]
+    given = len(ctx.needs_input_grad)  # the arguments the forward was given, the variants' maybe not
+    needs = [i < given and ctx.needs_input_grad[i] and isinstance(value, torch.Tensor) for i, value in enumerate(args)]
     if not any(needs):
-        return (None,) * (len(inputs) + 2)
+        return (None,) * given
     with torch.enable_grad():
         # Differentiated at aliases of the inputs made here: through the inputs themselves the gradient would
         # also take every path that joins them upstream (h0 computed from the same weights, hx = (s, s)).
         # Through the aliases, the second derivative still reaches the inputs.
-        inputs = [t.view_as(t) if need else t for t, need in zip(inputs, needs)]
+        inputs = [t.view_as(t) if need else t for t, need in zip(args, needs)]
         wanted = [t for t, need in zip(inputs, needs) if need]
-        outputs = composite.layer(*inputs, ctx.reverse)
-        present = [(o, g) for o, g in zip(outputs, grads) if g is not None]
+        outputs = composite.layer(*inputs)  # (output, h_n, c_n, cells): _ops.DIFFERENTIABLE_RESULTS
+        present = [(o, getattr(grads, name)) for o, name in zip(outputs, _ops.DIFFERENTIABLE_RESULTS)
+                   if getattr(grads, name) is not None]
         computed = iter(torch.autograd.grad([o for o, _ in present], wanted, [g for _, g in present],
                                             create_graph=True, allow_unused=True))
-    return tuple(next(computed) if need else None for need in needs) + (None, None)
+    return tuple(next(computed) if need else None for need in needs)[:given]
 
 
 def _backward_op_not_differentiable(ctx, *grads):
@@ -108,15 +115,23 @@ class LSTMFunction(torch.autograd.Function):
     """One LSTM layer in one direction over a whole sequence, differentiable, on the fused ops.
 
     ``LSTMFunction.apply(input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0,
-    reverse, training)`` with input ``[T, B, I]`` (time-major; ``batch_sizes`` None) or the packed rows
-    ``[N, I]`` of a PackedSequence with its ``batch_sizes``, weights as in ``nn.LSTM`` (``[4H, I]``,
-    ``[4H, P]``, biases ``[4H]`` or both ``None``, ``weight_hr`` ``[P, H]`` or ``None`` for P = H),
-    ``h0`` ``[B, P]``, ``c0`` ``[B, H]``, returns
-    ``(output [T, B, P] or [N, P], h_n [B, P], c_n [B, H], gates, cells, unprojected)``: h_n and c_n are
-    each sequence's last state. ``gates``, ``cells`` and ``unprojected`` are the
-    activations kept for the backward (non-differentiable; empty when ``training`` is False, and then
-    no backward is possible). ``reverse=True`` runs the sequence last step first, as the backward
-    direction of a bidirectional LSTM does.
+    reverse, training, weight_peephole=None, layer_norm_weight_ih=None, layer_norm_weight_hh=None,
+    layer_norm_weight_c=None, layer_norm_bias_c=None, recurrent_mask=None, zoneout_cell_mask=None,
+    zoneout_hidden_mask=None, zoneout_cell=0.0, zoneout_hidden=0.0)``
+
+    with input ``[T, B, I]`` (time-major; ``batch_sizes`` None) or the packed rows ``[N, I]`` of a
+    PackedSequence with its ``batch_sizes``, weights as in ``nn.LSTM`` (``[4H, I]``, ``[4H, P]``, biases
+    ``[4H]`` or both ``None``, ``weight_hr`` ``[P, H]`` or ``None`` for P = H), ``h0`` ``[B, P]``, ``c0``
+    ``[B, H]``. The cell's variants (README, "Variants"): ``weight_peephole`` ``[3H]`` (i, f, o); the four
+    layer-norm parameters ``[4H]``, ``[4H]``, ``[H]``, ``[H]`` (all or none); ``recurrent_mask`` ``[B, P]``
+    multiplying h_{t-1} in the recurrent product; zoneout masks laid out like ``output`` with H features (1
+    keeps the previous value), or the rates used where a mask is absent.
+
+    Returns ``(output [T, B, P] or [N, P], h_n [B, P], c_n [B, H], gates, cells, normalized, row_stats,
+    unprojected)``: h_n and c_n are each sequence's last state; ``cells`` every step's c_t (differentiable);
+    the others are the activations kept for the backward (non-differentiable; empty when ``training`` is
+    False, and then no backward is possible). ``reverse=True`` runs the sequence last step first, as the
+    backward direction of a bidirectional LSTM does.
     """
 
     # forward(ctx, ...) with the context set up inside, not a separate setup_context: Function.apply binds
@@ -124,8 +139,12 @@ class LSTMFunction(torch.autograd.Function):
     # a small layer's whole forward).
     @staticmethod
     def forward(ctx, input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse,
-                training):
-        inputs = (input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse, training)
+                training, weight_peephole=None, layer_norm_weight_ih=None, layer_norm_weight_hh=None,
+                layer_norm_weight_c=None, layer_norm_bias_c=None, recurrent_mask=None, zoneout_cell_mask=None,
+                zoneout_hidden_mask=None, zoneout_cell=0.0, zoneout_hidden=0.0):
+        inputs = (input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse, training,
+                  weight_peephole, layer_norm_weight_ih, layer_norm_weight_hh, layer_norm_weight_c, layer_norm_bias_c,
+                  recurrent_mask, zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell, zoneout_hidden)
         if torch._C._is_any_autocast_enabled():
             # The op's autocast kernel would cast what the context saves uncast: the Function runs in the
             # inputs' dtypes (the module routes autocast through the op itself).

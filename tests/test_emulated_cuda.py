@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import lstm_ext  # noqa: F401  (registers the ops)
+from lstm_ext._ops import BackwardArgs, ForwardArgs, ForwardResults
 
 cpu_forward = torch.ops.lstm_ext.lstm_layer_forward
 cpu_backward = torch.ops.lstm_ext.lstm_layer_backward
@@ -55,33 +56,41 @@ def layer_args(T, B, I, H, dtype, bias=True, packed=False, proj=0):
 def test_emulated_cuda_equals_cpu(dtype, sizes, geometry, reverse, packed):
     # One size runs without bias, one with a projection.
     args = layer_args(*sizes, dtype=dtype, bias=sizes[0] != 3, packed=packed, proj=2 if sizes[3] == 13 else 0)
-    has_bias = args[4] is not None
     launch_order_reversed = sizes[1] % 2 == 1  # both block/thread orders are exercised across sizes
-    launch = (*geometry, launch_order_reversed)
+    launch = launch_kwargs(*geometry, launch_order_reversed)
+    assert_emulated_equals_cpu(ForwardArgs(*args, reverse, True), launch, TOLERANCES[dtype])
 
+
+def launch_kwargs(threads_per_block, max_blocks, force_64bit_index, reverse_launch_order):
+    return dict(threads_per_block=threads_per_block, max_blocks=max_blocks, force_64bit_index=force_64bit_index,
+                reverse_launch_order=reverse_launch_order)
+
+
+def assert_emulated_equals_cpu(args, launch, tolerances, grad_cells=False):
+    """The emulated CUDA ops equal the CPU ops on `args` (ForwardArgs): every forward result in training and
+    inference, then every gradient."""
     for training in (True, False):
-        expected = cpu_forward(*args, reverse, training)
-        actual = emulated_forward(*args, reverse, training, *launch)
-        for name, e, a in zip(["output", "h_n", "c_n", "gates", "cells", "unprojected"], expected, actual):
-            torch.testing.assert_close(a, e, **TOLERANCES[dtype], msg=lambda m: f"forward {name}: {m}")
+        call = args._replace(training=training)
+        expected = ForwardResults(*cpu_forward(*call))
+        actual = ForwardResults(*emulated_forward(*call, **launch))
+        for name, e, a in zip(ForwardResults._fields, expected, actual):
+            torch.testing.assert_close(a, e, **tolerances, msg=lambda m: f"forward {name}: {m}")
 
-    output, h_n, c_n, gates, cells, unprojected = cpu_forward(*args, reverse, True)
-    x, batch_sizes, w_ih, w_hh, _, _, w_hr, h0, c0 = args
-    grads = [torch.randn_like(output), torch.randn_like(h_n), torch.randn_like(c_n)]
-    backward_args = (*grads, x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, output, gates, cells, unprojected, reverse,
-                     has_bias, True)
+    results = ForwardResults(*cpu_forward(*args._replace(training=True)))
+    grads = [torch.randn_like(results.output), torch.randn_like(results.h_n), torch.randn_like(results.c_n),
+             torch.randn_like(results.cells) if grad_cells else None]
+    backward_args = BackwardArgs(*grads, *args._replace(training=True), *results, True)
     expected = cpu_backward(*backward_args)
-    actual = emulated_backward(*backward_args, *launch)
-    names = ["grad_input", "grad_weight_ih", "grad_weight_hh", "grad_bias", "grad_weight_hr", "grad_h0", "grad_c0"]
-    for name, e, a in zip(names, expected, actual):
-        torch.testing.assert_close(a, e, **TOLERANCES[dtype], msg=lambda m: f"backward {name}: {m}")
+    actual = emulated_backward(*backward_args, **launch)
+    for name, e, a in zip(torch.ops.lstm_ext.lstm_layer_backward.default._schema.returns, expected, actual):
+        torch.testing.assert_close(a, e, **tolerances, msg=lambda m: f"backward {name.name}: {m}")
 
 
 def test_emulated_kernels_really_ran():
     # A geometry error reaches the emulated op, so these tests do run the kernel path, not a fallback.
     args = layer_args(2, 3, 4, 5, torch.float64)
     with pytest.raises(RuntimeError, match="threads_per_block must be in"):
-        emulated_forward(*args, False, True, 0, 1, False, False)
+        emulated_forward(*args, False, True, **launch_kwargs(0, 1, False, False))
 
 
 def test_emulated_cuda_gradients_match_nn_lstm_through_the_cpu_reference():
@@ -94,7 +103,51 @@ def test_emulated_cuda_gradients_match_nn_lstm_through_the_cpu_reference():
     expected_output, (expected_h, expected_c) = ref(x, (h0, c0))
     weights = [ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0, ref.bias_hh_l0]
     output, h_n, c_n, *_ = emulated_forward(x, None, *[w.detach() for w in weights], None, h0[0], c0[0], False, True,
-                                              16, 2, False, False)
+                                              **launch_kwargs(16, 2, False, False))
     torch.testing.assert_close(output, expected_output.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(h_n, expected_h[0].detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(c_n, expected_c[0].detach(), rtol=1e-12, atol=1e-12)
+
+
+def variant_args(T, B, I, H, dtype, reverse, packed, variants):
+    """ForwardArgs with the cell's variants (lstm_cell.h) switched on by name."""
+    args = layer_args(T, B, I, H, dtype, packed=packed)
+    rows = args[0].shape[:-1]
+
+    def t(*shape):
+        return torch.randn(*shape, dtype=dtype)
+
+    def bits(*shape, p=0.5):
+        return (torch.rand(*shape) < p).to(dtype)
+
+    kw = {}
+    if "peephole" in variants:
+        kw["weight_peephole"] = t(3 * H)
+    if "layer_norm" in variants:
+        kw.update(layer_norm_weight_ih=t(4 * H), layer_norm_weight_hh=t(4 * H), layer_norm_weight_c=t(H),
+                  layer_norm_bias_c=t(H))
+    if "recurrent_dropout" in variants:
+        kw["recurrent_mask"] = bits(B, H, p=0.7) / 0.7
+    if "zoneout" in variants:
+        kw.update(zoneout_cell_mask=bits(*rows, H), zoneout_hidden_mask=bits(*rows, H))
+    if "zoneout_rates" in variants:
+        kw.update(zoneout_cell=0.25, zoneout_hidden=0.5)
+    return ForwardArgs(*args, reverse, True, **kw)
+
+
+VARIANT_SETS = [("peephole",), ("layer_norm",), ("recurrent_dropout",), ("zoneout",), ("zoneout_rates",),
+                ("peephole", "layer_norm", "recurrent_dropout", "zoneout")]
+ROW_GEOMETRIES = [(64, 3, False), (32, 1, False), (7, 2, False)]  # (threads per block, blocks, _): partial slices
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("variants", VARIANT_SETS, ids="+".join)
+@pytest.mark.parametrize("geometry", ROW_GEOMETRIES, ids=lambda g: "tpb{}_blocks{}".format(*g[:2]))
+@pytest.mark.parametrize("case", [(3, 4, 3, 37, False, False), (4, 1, 2, 5, True, False), (5, 4, 3, 13, False, True)],
+                         ids=["H37", "B1_rev", "packed"])
+def test_emulated_variant_kernels_equal_cpu(dtype, variants, geometry, case):
+    """The variants' row kernels (a row per block, sums through shared memory and barriers): H not a
+    multiple of the block, more rows than blocks, B = 1, reverse, packed; cell-state gradients too."""
+    T, B, I, H, reverse, packed = case
+    args = variant_args(T, B, I, H, dtype, reverse, packed, variants)
+    assert_emulated_equals_cpu(args, launch_kwargs(*geometry, B % 2 == 0), TOLERANCES[dtype], grad_cells=True)

@@ -6,6 +6,7 @@ import torch
 import lstm_ext  # registers torch.ops.lstm_ext
 from conftest import CUDA_READY, CUDA_SKIP_REASON
 from lstm_ext import LSTMFunction
+from lstm_ext._ops import BackwardArgs, ForwardArgs, ForwardResults
 
 forward_op = torch.ops.lstm_ext.lstm_layer_forward
 backward_op = torch.ops.lstm_ext.lstm_layer_backward
@@ -33,11 +34,12 @@ def layer_args(device, dtype=torch.float64, T=4, B=3, I=5, H=6, bias=True, requi
 PACKED_LENGTHS = [5, 3, 3, 1]
 
 
-def backward_args(forward_args, forward_results):
-    x, batch_sizes, w_ih, w_hh, _, _, w_hr, h0, c0 = forward_args
-    output, h_n, c_n, gates, cells, unprojected = forward_results
-    grads = [torch.randn_like(output), torch.randn_like(h_n), torch.randn_like(c_n)]
-    return [*grads, x, batch_sizes, w_ih, w_hh, w_hr, h0, c0, output, gates, cells, unprojected]
+def backward_args(forward_args, forward_results, reverse=False, need_grad_input=True, training=True):
+    """The backward op's arguments (lstm_ext._ops.BackwardArgs) for a forward's tensor arguments and results,
+    with random gradients of its output and last states."""
+    r = ForwardResults(*forward_results)
+    grads = [torch.randn_like(r.output), torch.randn_like(r.h_n), torch.randn_like(r.c_n), None]
+    return list(BackwardArgs(*grads, *ForwardArgs(*forward_args, reverse, training), *r, need_grad_input))
 
 
 VARIANTS = {"padded": {}, "packed": dict(lengths=[5, 3, 3, 1]), "proj": dict(proj=4),
@@ -60,7 +62,7 @@ def test_opcheck_backward(device, variant, reverse, bias):
     args = layer_args(device, bias=bias, **VARIANTS[variant])
     results = forward_op(*args, reverse, True)
     for need_grad_input in (True, False):
-        torch.library.opcheck(backward_op, (*backward_args(args, results), reverse, bias, need_grad_input))
+        torch.library.opcheck(backward_op, backward_args(args, results, reverse, need_grad_input))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -68,9 +70,9 @@ def test_backward_without_grad_input(device, variant):
     """need_grad_input=False leaves out grad_input only: every other gradient is bitwise the same."""
     args = layer_args(device, **VARIANTS[variant])
     results = forward_op(*args, False, True)
-    grads_and_saved = backward_args(args, results)
-    full = backward_op(*grads_and_saved, False, True, True)
-    partial = backward_op(*grads_and_saved, False, True, False)
+    full_args = backward_args(args, results, need_grad_input=True)
+    full = backward_op(*full_args)
+    partial = backward_op(*BackwardArgs(*full_args)._replace(need_grad_input=False))
     assert full[0].shape == args[0].shape and partial[0].numel() == 0
     for name, a, b in zip(["grad_weight_ih", "grad_weight_hh", "grad_bias", "grad_weight_hr", "grad_h0", "grad_c0"],
                           full[1:], partial[1:]):
@@ -126,7 +128,7 @@ def test_double_backward_through_the_function(device, reverse):
 def test_backward_op_is_not_differentiable_itself(device):
     args = layer_args(device, requires_grad=True)
     results = forward_op(*args, False, True)
-    grads = torch.ops.lstm_ext.lstm_layer_backward(*backward_args(args, results), False, True, True)
+    grads = torch.ops.lstm_ext.lstm_layer_backward(*backward_args(args, results))
     with pytest.raises(RuntimeError, match="not differentiable itself"):
         grads[0].sum().backward()
 
@@ -155,7 +157,7 @@ def test_inference_equals_training_forward(device, case):
     inferred = forward_op(*args, True, False)
     for a, b in zip(trained[:3], inferred[:3]):
         assert torch.equal(a, b)
-    assert inferred[3].numel() == 0 and inferred[4].numel() == 0
+    assert all(t.numel() == 0 for t in ForwardResults(*inferred)[3:])
 
 
 def test_noncontiguous_arguments(device):
@@ -226,18 +228,19 @@ def test_forward_argument_errors(device, case):
 def test_backward_argument_errors(device):
     args = layer_args(device)
     results = forward_op(*args, False, True)
-    output, h_n, c_n, gates, cells, unprojected = results
-    good = backward_args(args, results) + [False, True, True]
+    r = ForwardResults(*results)
+    good = BackwardArgs(*backward_args(args, results))
     backward_op(*good)
-    for index, value, message in [
-        (0, output[:, :-1], "grad_output must have shape [seq_len, batch, hidden_size or proj_size]"),
-        (1, h_n.float(), "grad_h_n must have the dtype of input"),
-        (11, gates[..., :-1], "gates must have shape [seq_len, batch, 4*hidden_size]"),
-        (11, gates.new_empty(0), "gates is empty: the forward ran with training=False"),
-        (12, cells[:-1], "cells must have shape [seq_len, batch, hidden_size]"),
+    for name, value, message in [
+        ("grad_output", r.output[:, :-1], "grad_output must have shape [seq_len, batch, hidden_size or proj_size]"),
+        ("grad_h_n", r.h_n.float(), "grad_h_n must have the dtype of input"),
+        ("grad_cells", r.cells[:-1], "grad_cells must have shape [seq_len, batch, hidden_size]"),
+        ("gates", r.gates[..., :-1], "gates must have shape [seq_len, batch, 4*hidden_size]"),
+        ("gates", r.gates.new_empty(0), "gates is empty: the forward ran with training=False"),
+        ("cells", r.cells[:-1], "cells must have shape [seq_len, batch, hidden_size]"),
     ]:
         with pytest.raises(RuntimeError, match="lstm_ext.lstm_layer_backward") as info:
-            backward_op(*_replace(good, index, value))
+            backward_op(*good._replace(**{name: value}))
         assert message in str(info.value)
 
 
@@ -247,3 +250,17 @@ def test_cpu_state_with_cuda_input_is_an_error():
     bad = _replace(args, 7, args[7].cpu())
     with pytest.raises(RuntimeError, match="h0 must be on the device of input"):
         forward_op(*bad, False, True)
+
+
+def test_one_description_of_the_arguments():
+    """The op's schema (from csrc/layer_op_args.h) is what the Python layers take: LSTMFunction's public
+    signature and the composite route's parameters name the same arguments in the same order."""
+    import inspect
+
+    from lstm_ext import composite
+
+    assert list(inspect.signature(LSTMFunction.forward).parameters)[1:] == list(ForwardArgs._fields)
+    assert list(inspect.signature(composite.layer).parameters) == list(ForwardArgs._fields)
+    backward_fields = list(BackwardArgs._fields)
+    assert backward_fields[4:4 + len(ForwardArgs._fields)] == list(ForwardArgs._fields)
+    assert backward_fields[4 + len(ForwardArgs._fields):-1] == list(ForwardResults._fields)

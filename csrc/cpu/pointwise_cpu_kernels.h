@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../lstm_cell_rows.h"
 #include "../lstm_math.h"
 #include "../step_kernels.h"
 #include "blas_gemm.h"
@@ -115,8 +116,134 @@ inline void for_row_tasks(int64_t rows, int64_t grain, const Fn& fn) {
   }
 }
 
+// cell_rows' executor for one row on this thread: the units in vector lanes and a scalar tail, sums in a
+// fixed order (the vector lanes' partial sums, then the tail).
+template <typename S>
+struct RowExec {
+  using A = at::opmath_type<S>;
+  template <typename F>
+  void units(int64_t n, const F& f) const {
+    for_each_unit_group<S>(IndexRange{0, n}, [&](auto lanes, int64_t j) { f(lanes, j); });
+  }
+  template <typename F>
+  A sum(int64_t n, const F& f) const {
+    A total = A(0);
+    int64_t j = 0;
+    if constexpr (std::is_same_v<S, A>) {
+      using V = at::vec::Vectorized<S>;
+      V partial(S(0));
+      for (; j + V::size() <= n; j += V::size()) {
+        partial = partial + f(VectorLanes<S>{}, j);
+      }
+      alignas(64) S lanes[V::size()];
+      partial.store(lanes);
+      for (int64_t k = 0; k < V::size(); ++k) {
+        total += lanes[k];
+      }
+    }
+    for (; j < n; ++j) {
+      total += f(ScalarLanes<S>{}, j);
+    }
+    return total;
+  }
+  void sync() const {}
+  template <typename F>
+  void single(const F& f) const {
+    f();
+  }
+};
+
+template <typename S>
+const S* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<S>() : nullptr;
+}
+
+template <typename S>
+S* row_or_null(const RowBlock& block, int64_t row) {
+  return block.data == nullptr ? nullptr : block.ptr<S>() + row * block.cols;
+}
+
+// The variants' forward step (lstm_cell_rows.h), a row at a time.
+template <typename S>
+void variant_forward_step(const ForwardStepArgs& args) {
+  using A = at::opmath_type<S>;
+  const CellParams& cell = *args.cell;
+  const int64_t B = args.c.rows, H = args.c.cols;
+  cell_rows::ForwardRow<S, A> base{};
+  base.H = H;
+  base.peephole = data_or_null<S>(cell.weight_peephole);
+  base.layer_norm_weight_hh = data_or_null<S>(cell.layer_norm_weight_hh);
+  base.layer_norm_weight_c = data_or_null<S>(cell.layer_norm_weight_c);
+  base.layer_norm_bias_c = data_or_null<S>(cell.layer_norm_bias_c);
+  base.zoneout_cell = static_cast<A>(cell.zoneout_cell);
+  base.zoneout_hidden = static_cast<A>(cell.zoneout_hidden);
+  base.zoneout_cell_on = cell.zoneout_cell_mask.defined() || cell.zoneout_cell != 0;
+  base.zoneout_hidden_on = cell.zoneout_hidden_active();
+  base.keep_gates = args.keep_gates;
+  for_row_tasks(B, row_grain(H), [&](int64_t row_begin, int64_t row_end) {
+    for (int64_t row = row_begin; row < row_end; ++row) {
+      cell_rows::ForwardRow<S, A> r = base;
+      r.gates = row_or_null<S>(args.gates, row);
+      r.recurrent = row_or_null<S>(args.recurrent, row);
+      r.stats = row_or_null<S>(args.stats, row);
+      r.c_prev = row_or_null<S>(args.c_prev, row);
+      r.c = row_or_null<S>(args.c, row);
+      r.h = row_or_null<S>(args.h, row);
+      r.h_prev = row_or_null<S>(args.h_prev, row);
+      r.zoneout_cell_mask = row_or_null<S>(args.zoneout_cell_mask, row);
+      r.zoneout_hidden_mask = row_or_null<S>(args.zoneout_hidden_mask, row);
+      cell_rows::forward_row(RowExec<S>{}, r);
+    }
+  });
+}
+
+template <typename S>
+void variant_backward_step(const BackwardStepArgs& args) {
+  using A = at::opmath_type<S>;
+  const CellParams& cell = *args.cell;
+  const int64_t B = args.c.rows, H = args.c.cols;
+  cell_rows::BackwardRow<S, A> base{};
+  base.H = H;
+  base.peephole = data_or_null<S>(cell.weight_peephole);
+  base.layer_norm_weight_hh = data_or_null<S>(cell.layer_norm_weight_hh);
+  base.layer_norm_weight_c = data_or_null<S>(cell.layer_norm_weight_c);
+  base.layer_norm_bias_c = data_or_null<S>(cell.layer_norm_bias_c);
+  base.zoneout_cell = static_cast<A>(cell.zoneout_cell);
+  base.zoneout_hidden = static_cast<A>(cell.zoneout_hidden);
+  base.zoneout_cell_on = cell.zoneout_cell_mask.defined() || cell.zoneout_cell != 0;
+  base.zoneout_hidden_on = cell.zoneout_hidden_active();
+  base.peephole_terms = args.peephole_terms;
+  base.layer_norm_c_terms = args.layer_norm_c_terms;
+  for_row_tasks(B, row_grain(H), [&](int64_t row_begin, int64_t row_end) {
+    for (int64_t row = row_begin; row < row_end; ++row) {
+      cell_rows::BackwardRow<S, A> r = base;
+      r.gates = row_or_null<S>(args.gates, row);
+      r.c = row_or_null<S>(args.c, row);
+      r.c_prev = row_or_null<S>(args.c_prev, row);
+      r.grad_h_out = row_or_null<S>(args.grad_h_out, row);
+      r.grad_h_next = row_or_null<S>(args.grad_h_next, row);
+      r.recurrent_mask = row_or_null<S>(args.recurrent_mask, row);
+      r.carry = row_or_null<S>(args.carry, row);
+      r.grad_c = row_or_null<S>(args.grad_c, row);
+      r.grad_cells = row_or_null<S>(args.grad_cells, row);
+      r.grad_gates = row_or_null<S>(args.grad_gates, row);
+      r.grad_recurrent = row_or_null<S>(args.grad_recurrent, row);
+      r.grad_params = row_or_null<S>(args.grad_params, row);
+      r.normalized_recurrent = row_or_null<S>(args.normalized_recurrent, row);
+      r.stats = row_or_null<S>(args.stats, row);
+      r.zoneout_cell_mask = row_or_null<S>(args.zoneout_cell_mask, row);
+      r.zoneout_hidden_mask = row_or_null<S>(args.zoneout_hidden_mask, row);
+      cell_rows::backward_row(RowExec<S>{}, r);
+    }
+  });
+}
+
 template <typename S>
 void forward_step(const ForwardStepArgs& args) {
+  if (args.cell != nullptr) {
+    variant_forward_step<S>(args);
+    return;
+  }
   const int64_t B = args.c.rows, H = args.c.cols;
   S* gates = args.gates.ptr<S>();
   const S* c_prev = args.c_prev.ptr<S>();
@@ -149,6 +276,10 @@ void forward_step(const ForwardStepArgs& args) {
 
 template <typename S>
 void backward_step(const BackwardStepArgs& args) {
+  if (args.cell != nullptr) {
+    variant_backward_step<S>(args);
+    return;
+  }
   const int64_t B = args.c.rows, H = args.c.cols;
   const S* gates = args.gates.ptr<S>();
   const S* c = args.c.ptr<S>();
@@ -307,9 +438,32 @@ class CpuStepKernels final : public StepKernels {
       }
     });
   }
-  bool project_input_in_chunks(int64_t batch, int64_t input_size, int64_t gate_width) const override {
+  // Inference projects the input inside each chunk, right before the step, where the chunks have enough
+  // work per step (no wait between the projection and the steps, and the step's gates stay in cache);
+  // else a block of steps at a time whose gates fit in cache (a large fresh buffer also costs a page fault
+  // per 4 KiB on every call).
+  InferenceProjection plan_inference_projection(int64_t batch, int64_t steps, int64_t input_size, int64_t gate_width,
+                                                int64_t element_size) const override {
     const int64_t rows = batch / chunk_count(batch);
-    return rows >= kMinChunkProjectionRows && rows * input_size * gate_width >= kMinChunkProjectionMacs;
+    if (rows >= kMinChunkProjectionRows && rows * input_size * gate_width >= kMinChunkProjectionMacs) {
+      return InferenceProjection{true, steps};
+    }
+    const int64_t step_bytes = std::max<int64_t>(batch * gate_width * element_size, 1);
+    return InferenceProjection{false, std::clamp(kProjectionBlockBytes / step_bytes, int64_t{1},
+                                                 std::max<int64_t>(steps, 1))};
+  }
+  void multiply_rows(const RowBlock& out, const RowBlock& a, const RowBlock& mask,
+                     const at::TensorOptions& options) const override {
+    TORCH_INTERNAL_ASSERT(out.rows == a.rows && out.rows == mask.rows && out.cols == a.cols && out.cols == mask.cols);
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, options.dtype().toScalarType(), "lstm_ext_cpu_multiply_rows", [&] {
+      const int64_t n = out.rows * out.cols;
+      scalar_t* o = out.ptr<scalar_t>();
+      const scalar_t* x = a.ptr<scalar_t>();
+      const scalar_t* m = mask.ptr<scalar_t>();
+      for (int64_t i = 0; i < n; ++i) {
+        o[i] = x[i] * m[i];
+      }
+    });
   }
 
  private:
@@ -393,6 +547,7 @@ class CpuStepKernels final : public StepKernels {
   // T=128, B=32, H=64 (16 rows x 64 x 256 per step) 7% slower, the per-step call costs outweighing it.
   static constexpr int64_t kMinChunkProjectionRows = 8;
   static constexpr int64_t kMinChunkProjectionMacs = int64_t{1} << 20;
+  static constexpr int64_t kProjectionBlockBytes = int64_t{4} << 20;
   static constexpr int64_t kMinMacsPerTask = 32768;
   // W read in place (row stride n) puts a panel's rows of W n floats apart, and at n = 256 all of them
   // in 4 of L1's 64 sets: blocks of 4-6 rows, reading one panel at a time, miss L1 on every row of it.

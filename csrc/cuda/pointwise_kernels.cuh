@@ -2,13 +2,16 @@
 //
 // Device code only, no torch headers: compiled by nvcc for the GPU (pointwise_cuda.cu) and by the host
 // compiler under csrc/emulated/cuda_emulation.h, which runs the same source on the CPU in the tests
-// (pointwise_emulated.cpp). Elementwise: one thread per (row, unit), a grid-stride loop, math in
-// acc_t (float for half/bfloat16) from lstm_math.h. No shared memory, barriers or atomics.
+// (pointwise_emulated.cpp). The plain cell's kernels are elementwise: one thread per (row, unit), a
+// grid-stride loop, math in acc_t (float for half/bfloat16) from lstm_math.h. The variants' kernels
+// (lstm_cell_rows.h) run a row per block, its reductions through shared memory and barriers. No atomics.
 #pragma once
 
 #include <cstdint>
 
+#include "../lstm_cell_rows.h"
 #include "../lstm_math.h"
+#include "device_primitives.cuh"
 
 namespace lstm_ext {
 namespace cuda {
@@ -75,6 +78,117 @@ __global__ void lstm_backward_pointwise_kernel(const scalar_t* __restrict__ gate
     dg[2 * hidden] = static_cast<scalar_t>(out.grad_pre.g);
     dg[3 * hidden] = static_cast<scalar_t>(out.grad_pre.o);
     grad_c[idx] = static_cast<scalar_t>(out.grad_c_prev);
+  }
+}
+
+// ---- The variants: a row per block (grid-stride over rows), lstm_cell_rows.h's algorithm. ----
+
+// One value at a time, stored as scalar_t, computed in acc_t.
+template <typename scalar_t, typename acc_t>
+struct ThreadLanes {
+  using type = acc_t;
+  __device__ __forceinline__ acc_t load(const scalar_t* p) const { return static_cast<acc_t>(*p); }
+  __device__ __forceinline__ void store(scalar_t* p, acc_t v) const { *p = static_cast<scalar_t>(v); }
+};
+
+constexpr int kMaxRowThreads = 1024;
+
+// cell_rows' executor for a block: thread k takes units k, k + blockDim.x, ...; a sum is each thread's
+// partial sum, then a tree over the threads in shared memory, the same order on every run.
+template <typename scalar_t, typename acc_t>
+struct BlockRowExec {
+  acc_t* partial;  // [blockDim.x] shared
+
+  template <typename F>
+  __device__ __forceinline__ void units(int64_t n, const F& f) const {
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+      f(ThreadLanes<scalar_t, acc_t>{}, j);
+    }
+  }
+  template <typename F>
+  __device__ __forceinline__ acc_t sum(int64_t n, const F& f) const {
+    acc_t own = acc_t(0);
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+      own += f(ThreadLanes<scalar_t, acc_t>{}, j);
+    }
+    partial[threadIdx.x] = own;
+    __syncthreads();
+    unsigned width = 1;
+    while (width < blockDim.x) {
+      width <<= 1;
+    }
+    for (unsigned half = width >> 1; half > 0; half >>= 1) {
+      if (threadIdx.x < half && threadIdx.x + half < blockDim.x) {
+        partial[threadIdx.x] += partial[threadIdx.x + half];
+      }
+      __syncthreads();
+    }
+    const acc_t total = partial[0];
+    __syncthreads();  // every thread has read the total before the next sum writes `partial`
+    return total;
+  }
+  __device__ __forceinline__ void sync() const { __syncthreads(); }
+  template <typename F>
+  __device__ __forceinline__ void single(const F& f) const {
+    if (threadIdx.x == 0) {
+      f();
+    }
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ T* row_at(T* base, int64_t row, int64_t width) {
+  return base == nullptr ? nullptr : base + row * width;
+}
+
+// `first` is row 0's buffers; row r's are r rows further (every buffer is contiguous rows of its width).
+template <typename scalar_t, typename acc_t>
+__global__ void lstm_variant_forward_kernel(cell_rows::ForwardRow<scalar_t, acc_t> first, int64_t rows) {
+  LSTM_EXT_SHARED(acc_t, partial, kMaxRowThreads);
+  const BlockRowExec<scalar_t, acc_t> ex{partial};
+  const int64_t H = first.H;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    cell_rows::ForwardRow<scalar_t, acc_t> r = first;
+    r.gates = row_at(first.gates, row, 4 * H);
+    r.recurrent = row_at(first.recurrent, row, 4 * H);
+    r.stats = row_at(first.stats, row, 4);
+    r.c_prev = row_at(first.c_prev, row, H);
+    r.c = row_at(first.c, row, H);
+    r.h = row_at(first.h, row, H);
+    r.h_prev = row_at(first.h_prev, row, H);
+    r.zoneout_cell_mask = row_at(first.zoneout_cell_mask, row, H);
+    r.zoneout_hidden_mask = row_at(first.zoneout_hidden_mask, row, H);
+    cell_rows::forward_row(ex, r);
+    __syncthreads();  // the next row's first sum reuses `partial`
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void lstm_variant_backward_kernel(cell_rows::BackwardRow<scalar_t, acc_t> first, int64_t rows,
+                                             int64_t param_terms_width) {
+  LSTM_EXT_SHARED(acc_t, partial, kMaxRowThreads);
+  const BlockRowExec<scalar_t, acc_t> ex{partial};
+  const int64_t H = first.H;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    cell_rows::BackwardRow<scalar_t, acc_t> r = first;
+    r.gates = row_at(first.gates, row, 4 * H);
+    r.c = row_at(first.c, row, H);
+    r.c_prev = row_at(first.c_prev, row, H);
+    r.grad_h_out = row_at(first.grad_h_out, row, H);
+    r.grad_h_next = row_at(first.grad_h_next, row, H);
+    r.recurrent_mask = row_at(first.recurrent_mask, row, H);
+    r.carry = row_at(first.carry, row, H);
+    r.grad_c = row_at(first.grad_c, row, H);
+    r.grad_cells = row_at(first.grad_cells, row, H);
+    r.grad_gates = row_at(first.grad_gates, row, 4 * H);
+    r.grad_recurrent = row_at(first.grad_recurrent, row, 4 * H);
+    r.grad_params = row_at(first.grad_params, row, param_terms_width);
+    r.normalized_recurrent = row_at(first.normalized_recurrent, row, 4 * H);
+    r.stats = row_at(first.stats, row, 4);
+    r.zoneout_cell_mask = row_at(first.zoneout_cell_mask, row, H);
+    r.zoneout_hidden_mask = row_at(first.zoneout_hidden_mask, row, H);
+    cell_rows::backward_row(ex, r);
+    __syncthreads();
   }
 }
 

@@ -3,6 +3,7 @@
 // lstm_ext_testing library, with the launch geometry as arguments so tests can force partial blocks and
 // a grid-stride loop that wraps.
 #include <ATen/Dispatch.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include "../layer_ops.h"
@@ -54,48 +55,41 @@ EmulatedCudaStepKernels make_steps(const char* op, int64_t threads_per_block, in
       reverse_launch_order ? emulated::LaunchOrder::kReverse : emulated::LaunchOrder::kForward);
 }
 
-LayerForwardTuple emulated_forward(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
-                                   const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                                   const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
-                                   const std::optional<at::Tensor>& weight_hr, const at::Tensor& h0,
-                                   const at::Tensor& c0, bool reverse, bool training,
-                                   int64_t threads_per_block, int64_t max_blocks, bool force_64bit_index,
-                                   bool reverse_launch_order) {
-  const auto steps = make_steps(kForwardOp, threads_per_block, max_blocks, force_64bit_index, reverse_launch_order);
-  return run_layer_forward(kForwardOp, steps, input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                           h0, c0, reverse, training);
+// The launch geometry, after the layer op's own arguments (keyword-only in the schema).
+constexpr size_t kLaunchArgs = 4;
+constexpr const char* kLaunchArgsSchema =
+    ", *, int threads_per_block, int max_blocks, bool force_64bit_index, bool reverse_launch_order";
+
+EmulatedCudaStepKernels steps_from(const char* op, const c10::IValue* launch) {
+  return make_steps(op, launch[0].toInt(), launch[1].toInt(), launch[2].toBool(), launch[3].toBool());
 }
 
-LayerBackwardTuple emulated_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
-                                     const at::Tensor& grad_c_n, const at::Tensor& input,
-                                     const std::optional<at::Tensor>& batch_sizes, const at::Tensor& weight_ih,
-                                     const at::Tensor& weight_hh, const std::optional<at::Tensor>& weight_hr,
-                                     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& output,
-                                     const at::Tensor& gates, const at::Tensor& cells, const at::Tensor& unprojected,
-                                     bool reverse, bool has_bias, bool need_grad_input, int64_t threads_per_block,
-                                     int64_t max_blocks, bool force_64bit_index, bool reverse_launch_order) {
-  const auto steps =
-      make_steps(kBackwardOp, threads_per_block, max_blocks, force_64bit_index, reverse_launch_order);
-  return run_layer_backward(kBackwardOp, steps, grad_output, grad_h_n, grad_c_n, input, batch_sizes, weight_ih,
-                            weight_hh, weight_hr, h0, c0, output, gates, cells, unprojected, reverse, has_bias,
-                            need_grad_input);
+void emulated_forward(const c10::OperatorHandle&, c10::DispatchKeySet, torch::jit::Stack* stack) {
+  const c10::IValue* args = torch::jit::last(*stack, LayerForwardArgs::count + kLaunchArgs).data();
+  const auto steps = steps_from(kForwardOp, args + LayerForwardArgs::count);
+  auto results = run_layer_forward(kForwardOp, steps, LayerForwardArgs::from(args));
+  torch::jit::drop(*stack, LayerForwardArgs::count + kLaunchArgs);
+  std::move(results).push_to(*stack);
+}
+
+void emulated_backward(const c10::OperatorHandle&, c10::DispatchKeySet, torch::jit::Stack* stack) {
+  const c10::IValue* args = torch::jit::last(*stack, LayerBackwardArgs::count + kLaunchArgs).data();
+  const auto steps = steps_from(kBackwardOp, args + LayerBackwardArgs::count);
+  auto results = run_layer_backward(kBackwardOp, steps, LayerBackwardArgs::from(args));
+  torch::jit::drop(*stack, LayerBackwardArgs::count + kLaunchArgs);
+  std::move(results).push_to(*stack);
 }
 
 }  // namespace
 
-#define LSTM_EXT_EMULATED_LAUNCH_ARGS \
-  ", int threads_per_block, int max_blocks, bool force_64bit_index, bool reverse_launch_order"
-
 TORCH_LIBRARY(lstm_ext_testing, m) {
-  m.def("emulated_cuda_layer_forward(" LSTM_EXT_LAYER_FORWARD_ARGS LSTM_EXT_EMULATED_LAUNCH_ARGS
-        ") -> " LSTM_EXT_LAYER_FORWARD_RETURNS);
-  m.def("emulated_cuda_layer_backward(" LSTM_EXT_LAYER_BACKWARD_ARGS LSTM_EXT_EMULATED_LAUNCH_ARGS
-        ") -> " LSTM_EXT_LAYER_BACKWARD_RETURNS);
+  m.def(layer_forward_schema("emulated_cuda_layer_forward", kLaunchArgsSchema).c_str());
+  m.def(layer_backward_schema("emulated_cuda_layer_backward", kLaunchArgsSchema).c_str());
 }
 
 TORCH_LIBRARY_IMPL(lstm_ext_testing, CPU, m) {
-  m.impl("emulated_cuda_layer_forward", &emulated_forward);
-  m.impl("emulated_cuda_layer_backward", &emulated_backward);
+  m.impl("emulated_cuda_layer_forward", torch::CppFunction::makeFromBoxedFunction<&emulated_forward>());
+  m.impl("emulated_cuda_layer_backward", torch::CppFunction::makeFromBoxedFunction<&emulated_backward>());
 }
 
 }  // namespace lstm_ext
