@@ -30,6 +30,7 @@ CPU_SOURCES = [
     "cpu/huge_page_allocator.cpp",
     "cpu/pointwise_cpu.cpp",
     "emulated/pointwise_emulated.cpp",  # the CUDA kernels run on the CPU, for the tests
+    "testing/cpu_gemm_testing.cpp",  # the CPU GEMMs as ops of their own, for the tests
     "cpu/pointwise_cpu_avx2.cpp",  # the vector builds last, AVX2 first: see their comments on link order
     "cpu/pointwise_cpu_avx512.cpp",
 ]
