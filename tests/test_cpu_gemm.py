@@ -318,14 +318,15 @@ def test_matmul_bits_do_not_depend_on_threads(form, transpose, use, n):
 
 
 # weight_gradients cases: m (rows of every out) and products (k, n, accumulate). k: weight_grad_gemm's
-# depth blocks of 256 (256, 257, 333, 600), 1, none. n: partial last panels (7, 36, 200), b read in place
-# (64), a copied (160, 200). m = 640: 107 blocks of 6 rows for the threads to split.
+# depth blocks of 256 (256, 257, 333, 513, 600: the later blocks add to the first's sums also where the
+# product does not accumulate), 1, none. n: partial last panels (7, 36, 200), b read in place (64), a
+# copied (128, 160, 200). m = 640: 107 blocks of 6 rows for the threads to split.
 WEIGHT_GRADIENT_CASES = [
     (36, [(333, 200, False), (333, 36, True)]),
-    (64, [(256, 64, False), (257, 160, True)]),
+    (64, [(256, 64, False), (257, 160, False), (513, 64, True)]),
     (1, [(1, 7, False)]),
-    (7, [(600, 128, True), (0, 16, False), (0, 16, True)]),
-    (640, [(100, 200, False), (100, 160, True)]),
+    (7, [(600, 128, False), (0, 16, False), (0, 16, True)]),
+    (640, [(100, 200, False), (300, 160, True)]),
 ]
 WEIGHT_GRADIENT_IDS = ["partial_panels", "depth_blocks", "one_row", "no_depth", "many_rows"]
 
