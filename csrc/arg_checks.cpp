@@ -86,7 +86,7 @@ void check_cell_args(const char* op, const LayerSizes& s, const LayerForwardArgs
       check_shape(op, name == std::string("zoneout_cell") ? "zoneout_cell_mask" : "zoneout_hidden_mask", mask,
                   s.sequence_shape(s.H), per_step_c);
     }
-    TORCH_CHECK(!(a.weight_hr.defined() && (mask.defined() || rate != 0)), op, ": ", name,
+    TORCH_CHECK_NOT_IMPLEMENTED(!(a.weight_hr.defined() && (mask.defined() || rate != 0)), op, ": ", name,
                 " with weight_hr (proj_size > 0) is not implemented");
   }
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"weight_peephole", a.weight_peephole},
