@@ -524,12 +524,27 @@ def test_opcheck_recorded_op_calls(device, case):
 # --- The CUDA kernels through the emulated launch ----------------------------------------------------
 
 @pytest.fixture
-def emulated_lstm():
-    """TODO(op author): a callable with lstm_ext.lstm's signature (and keywords) that runs every (layer,
-    direction) through the CUDA pointwise kernels on the CPU with the emulated launch
-    (torch.ops.lstm_ext_testing.emulated_cuda_layer_forward / _backward with their variant arguments), forward
-    and backward. Return it here; until then the emulated tests skip."""
-    pytest.skip("TODO(op author): emulated_lstm is not wired to the emulated CUDA variant kernels yet")
+def emulated_lstm(monkeypatch):
+    """lstm_ext.lstm with every (layer, direction) run through the CUDA kernels on the CPU (the emulated
+    launch: 3 blocks of 64 threads, so rows wrap over the blocks and units over the threads), forward and
+    backward; it checks that both emulated ops were called."""
+    import lstm_ext._ops as ops
+
+    launch = dict(threads_per_block=64, max_blocks=3, force_64bit_index=False, reverse_launch_order=False)
+    forward = torch.ops.lstm_ext_testing.emulated_cuda_layer_forward.default
+    backward = torch.ops.lstm_ext_testing.emulated_cuda_layer_backward.default
+    calls = {"forward": 0, "backward": 0}
+
+    def counted(name, op):
+        def call(*args):
+            calls[name] += 1
+            return op(*args, **launch)
+        return call
+
+    monkeypatch.setattr(ops, "lstm_layer_forward", counted("forward", forward))
+    monkeypatch.setattr(ops, "lstm_layer_backward", counted("backward", backward))
+    yield lstm_ext.lstm
+    assert calls["forward"] > 0 and calls["backward"] > 0, calls
 
 
 @pytest.mark.parametrize("layout", ["padded", "packed_bidir"])
