@@ -31,7 +31,7 @@ from torch.fx import Proxy
 from torch.jit import is_scripting as _is_scripting
 from torch.nn.utils.rnn import PackedSequence
 
-from .functional import VariantMasks, lstm, lstm_cell, onnx_export
+from .functional import VariantMasks, lstm, lstm_cell, onnx_export, sample_masks
 
 _SCRIPT_WARNING = (
     "torch.jit.script: {name} runs torch.nn.{name}'s TorchScript implementation (torch._VF.{op}) on the same "
@@ -334,9 +334,10 @@ class LSTM(nn.Module):
         return args
 
     def sample_masks(self, input) -> VariantMasks:
-        """Draws the recurrent-dropout and zoneout masks a training forward on ``input`` draws, in the same
-        order from torch's default generator (so ``torch.manual_seed(s); masks = lstm.sample_masks(x)`` are
-        the masks of ``torch.manual_seed(s); lstm(x)``), as lstm_ext.VariantMasks for lstm_ext.lstm's
+        """Draws the recurrent-dropout and zoneout masks a training forward on ``input`` draws (with
+        lstm_ext.functional.sample_masks), in the same order from torch's default generator (so
+        ``torch.manual_seed(s); masks = lstm.sample_masks(x)`` are the masks of ``torch.manual_seed(s);
+        lstm(x)``), as lstm_ext.VariantMasks for lstm_ext.lstm's
         ``recurrent_dropout_masks`` and ``zoneout_masks``: per layer and direction a recurrent mask ``[B, P]``
         (0 or 1/(1-p)), and a (cell, hidden) pair of zoneout masks (1 keeps the previous value), each laid out
         like that layer's rows: ``[T, B, H]`` (``[B, T, H]`` batch_first), ``[N, H]`` for a PackedSequence's
@@ -345,31 +346,17 @@ class LSTM(nn.Module):
 
         For tests and truncated backpropagation through time: pass the masks to lstm_ext.lstm with this
         module's weights to run a forward with them, or hold them over several calls."""
+        config = (self.num_layers, self.bidirectional, self.batch_first, self.hidden_size, self.proj_size,
+                  self.recurrent_dropout, self.zoneout)
         if isinstance(input, PackedSequence):
-            data, batch_sizes, sorted_indices = input.data, input.batch_sizes, input.sorted_indices
-            batch = sorted_indices.numel() if sorted_indices is not None else int(batch_sizes[0])
-            return self._draw_masks(data, batch, data.size(0))
+            # The batch from sorted_indices' length where there is one, as forward's (a read of batch_sizes
+            # would break a compiled graph).
+            sorted_indices = input.sorted_indices
+            batch = sorted_indices.numel() if sorted_indices is not None else None
+            return sample_masks(input.data, *config, batch_sizes=input.batch_sizes, batch=batch)
         if input.dim() == 2:  # unbatched: the masks of its batch of one
             input = input.unsqueeze(0 if self.batch_first else 1)
-        return self._draw_masks(input, input.size(0 if self.batch_first else 1), tuple(input.shape[:2]))
-
-    def _draw_masks(self, like: Tensor, batch: int, rows) -> VariantMasks:
-        """The masks in lstm_ext.functional's order: per layer and direction the recurrent mask, then the
-        zoneout cell mask, then the hidden mask, each only where its rate is > 0; ``rows`` the leading
-        dimensions of a zoneout mask (``[T, B]``, ``[B, T]`` or ``N``)."""
-        p = self.recurrent_dropout
-        cell_rate, hidden_rate = _zoneout_rates(self)
-        recurrent_size = self.proj_size if self.proj_size > 0 else self.hidden_size
-        rows = rows if isinstance(rows, tuple) else (rows,)
-        zoneout_shape = rows + (self.hidden_size,)
-        recurrent, zoneout = [], []
-        for _ in range(self.num_layers * (2 if self.bidirectional else 1)):
-            if p > 0:
-                recurrent.append(_bernoulli((batch, recurrent_size), 1 - p, like).div_(1 - p))
-            zoneout.append((_bernoulli(zoneout_shape, cell_rate, like) if cell_rate > 0 else None,
-                            _bernoulli(zoneout_shape, hidden_rate, like) if hidden_rate > 0 else None))
-        return VariantMasks(tuple(recurrent) if p > 0 else None,
-                            tuple(zoneout) if cell_rate > 0 or hidden_rate > 0 else None)
+        return sample_masks(input, *config)
 
     def _batched_states(self, hx: Tuple[Tensor, Tensor], is_batched: bool) -> Tuple[Tensor, Tensor]:
         """nn.LSTM's check of the states' dimensions; unbatched states get their batch dimension. (Eager and
@@ -616,15 +603,15 @@ class LSTMCell(nn.Module):
                     "layer_norm_weight_ih", "layer_norm_weight_hh", "layer_norm_weight_c", "layer_norm_bias_c"))
                 if self.layer_norm else None,
                 "zoneout": _zoneout_rates(self)}
-        if self.training:
-            shape = (input.size(0), self.hidden_size)
-            p = self.recurrent_dropout
-            if p > 0:
-                args["recurrent_mask"] = _bernoulli(shape, 1 - p, input).div_(1 - p)
-            cell_rate, hidden_rate = _zoneout_rates(self)
-            if cell_rate > 0 or hidden_rate > 0:
-                args["zoneout_masks"] = (_bernoulli(shape, cell_rate, input) if cell_rate > 0 else None,
-                                         _bernoulli(shape, hidden_rate, input) if hidden_rate > 0 else None)
+        if self.training and (self.recurrent_dropout > 0 or any(_zoneout_rates(self))):
+            # lstm_ext.functional's draws for a sequence of one step, of one layer and direction
+            masks = sample_masks(input.unsqueeze(0), 1, False, False, self.hidden_size, 0, self.recurrent_dropout,
+                                 self.zoneout)
+            if masks.recurrent_dropout_masks is not None:
+                args["recurrent_mask"] = masks.recurrent_dropout_masks[0]
+            if masks.zoneout_masks is not None:
+                args["zoneout_masks"] = tuple(None if mask is None else mask.squeeze(0)
+                                              for mask in masks.zoneout_masks[0])
         return lstm_cell(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, training=self.training, **args)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
@@ -830,11 +817,6 @@ def _reset_parameters(module: nn.Module, bias_ih_names: list[str]) -> None:
                 bias = module._parameters[name] if name in module._parameters else \
                     module.parametrizations[name].original
                 bias[hidden:2 * hidden] += module.forget_bias
-
-
-def _bernoulli(shape, q: float, like: Tensor) -> Tensor:
-    """A mask of ``like``'s dtype and device, each value 1 with probability q (lstm_ext.functional's draw)."""
-    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(q)
 
 
 def _is_real(value) -> bool:
