@@ -3,16 +3,17 @@
     from lstm_ext import LSTM      # instead of torch.nn.LSTM
 
 The fused forward and backward kernels are registered as torch.ops.lstm_ext.*; LSTMFunction is their
-differentiable entry, lstm() the functional form, LSTM the module. convert(model) puts lstm_ext's modules
-in place of every nn.LSTM / nn.LSTMCell of a model (same Parameter objects), to_torch(model) the reverse.
+differentiable entry, lstm() the functional form (VariantMasks the masks of its variants), LSTM the module.
+convert(model) puts lstm_ext's modules in place of every nn.LSTM / nn.LSTMCell of a model (same Parameter
+objects), to_torch(model) the reverse.
 """
 
 from ._version import __version__
 from ._ops import compiled_backends, cpu_cache_bytes, cpu_kernels, empty_cache
 from .autograd import LSTMFunction
 from .converters import convert, to_torch
-from .functional import lstm, lstm_cell
+from .functional import VariantMasks, lstm, lstm_cell
 from .modules import LSTM, LSTMCell
 
-__all__ = ["LSTM", "LSTMCell", "LSTMFunction", "lstm", "lstm_cell", "convert", "to_torch", "compiled_backends",
-           "cpu_kernels", "cpu_cache_bytes", "empty_cache", "__version__"]
+__all__ = ["LSTM", "LSTMCell", "LSTMFunction", "lstm", "lstm_cell", "VariantMasks", "convert", "to_torch",
+           "compiled_backends", "cpu_kernels", "cpu_cache_bytes", "empty_cache", "__version__"]

@@ -14,7 +14,9 @@ lstm_ext's classes for to_torch), which may have their own forward or attributes
 would drop. What is refused with an error: a module whose weight is not a registered Parameter (say
 pruned with torch.nn.utils.prune, which keeps ``weight_orig`` and a mask behind a forward pre-hook):
 undo that first (prune.remove). Hooks registered on a converted module are not carried over (a warning
-says so).
+says so). to_torch refuses a model holding an lstm_ext module with a variant torch.nn.LSTM / LSTMCell does
+not compute (peephole, layer_norm, recurrent_dropout, zoneout), naming the module and the variant, before
+replacing anything; forget_bias converts (it is only an initialisation of bias_ih, which moves over).
 """
 
 import warnings
@@ -50,6 +52,15 @@ def to_torch(model: nn.Module) -> nn.Module:
     nn.LSTMCell on the same Parameter objects, for tools that look for torch's classes
     (torch.ao.quantization.quantize_dynamic, torch.nn.utils.prune, TorchScript code that expects them).
     Returns ``model``, or the replacement when ``model`` itself is one."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"lstm_ext.to_torch: expected a torch.nn.Module, got {type(model).__name__}")
+    for path, module in model.named_modules(remove_duplicate=False):
+        cls = parametrize.type_before_parametrizations(module)
+        if cls in _TO_TORCH and (variants := module._inexpressible_variants()):
+            where = f"the model's {path!r}" if path else "the model"
+            raise ValueError(
+                f"lstm_ext.to_torch: {where} is an {_PUBLIC_NAMES[cls]} with {', '.join(variants)}, which "
+                f"{_PUBLIC_NAMES[_TO_TORCH[cls][0]]} cannot express; nothing was converted")
     return _swap(model, _TO_TORCH, "lstm_ext.to_torch")
 
 

@@ -45,13 +45,14 @@ def _zoneout_rates(zoneout) -> tuple[float, float]:
 
 def sample_masks(input: Tensor, num_layers: int, bidirectional: bool, batch_first: bool, hidden_size: int,
                  proj_size: int = 0, recurrent_dropout: float = 0.0, zoneout=0.0,
-                 batch_sizes: Tensor | None = None) -> VariantMasks:
+                 batch_sizes: Tensor | None = None, *, batch: int | None = None) -> VariantMasks:
     """Draws one forward's masks from torch's default generator, in order: per layer and direction the
     recurrent dropout mask ``[B, P]`` (values 0 or 1/(1-p)), then the zoneout masks of c and of h (each
     laid out like the layer's per-step rows with H features: ``[T, B, H]``, ``[B, T, H]`` when batch_first,
     ``[N, H]`` packed; values 0/1, 1 keeping the previous value), each only where its rate is above 0."""
     zoneout_cell, zoneout_hidden = _zoneout_rates(zoneout)
-    batch = int(batch_sizes[0]) if batch_sizes is not None else input.size(0 if batch_first else 1)
+    if batch is None:  # packed: a caller that knows the batch (sorted_indices' length) saves reading batch_sizes
+        batch = int(batch_sizes[0]) if batch_sizes is not None else input.size(0 if batch_first else 1)
     rows_shape = (input.size(0),) if batch_sizes is not None else (input.size(0), input.size(1))
     width = proj_size if proj_size > 0 else hidden_size
     options = {"dtype": input.dtype, "device": input.device}

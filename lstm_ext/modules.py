@@ -17,6 +17,7 @@ order, and work under the tools that special-case torch.nn:
   and torch.export keeps lstm_ext's fused kernels (``__prepare_scriptable__``).
 """
 
+import inspect
 import math
 import numbers
 import warnings
@@ -30,7 +31,7 @@ from torch.fx import Proxy
 from torch.jit import is_scripting as _is_scripting
 from torch.nn.utils.rnn import PackedSequence
 
-from .functional import lstm, lstm_cell, onnx_export
+from .functional import VariantMasks, lstm, lstm_cell, onnx_export, sample_masks
 
 _SCRIPT_WARNING = (
     "torch.jit.script: {name} runs torch.nn.{name}'s TorchScript implementation (torch._VF.{op}) on the same "
@@ -39,14 +40,49 @@ _SCRIPT_WARNING = (
 )
 
 
+def _keyword_only_for_torchscript(torchscript_forward):
+    """Gives TorchScript ``torchscript_forward``'s source to compile in place of the decorated forward's.
+
+    TorchScript compiles a method from its source and cannot compile a keyword-only argument with a default
+    (``return_cell_states``); its compiled form is nn.LSTM's forward anyway, which has none. It reads the
+    source through ``__wrapped__`` (inspect.getsourcelines unwraps), and the forward's own signature stays
+    what inspect.signature, help() and torch.export see (``__signature__``, where inspect stops unwrapping)."""
+    def decorate(forward):
+        forward.__signature__ = inspect.signature(forward)
+        forward.__wrapped__ = torchscript_forward
+        return forward
+    return decorate
+
+
 class LSTM(nn.Module):
-    """A multi-layer LSTM with ``torch.nn.LSTM``'s arguments, parameters and results.
+    """A multi-layer LSTM with ``torch.nn.LSTM``'s arguments, parameters and results, and the variants.
 
     See ``torch.nn.LSTM`` for the arguments; every one of them has the same meaning here. The attributes
     and helper methods nn.LSTM inherits from nn.RNNBase are here too, with nn.LSTM's values; where
     nn.LSTM keeps a cache of its weights (``_flat_weights``, ``_flat_weight_refs``), this module looks
     them up at every use instead, so the cache's maintenance methods are no-ops (see
     ``_init_flat_weights``).
+
+    The keyword-only variants, all off by default (then the module is nn.LSTM's, bit for bit):
+
+    * ``forget_bias`` (float): added to the forget-gate quarter ``bias_ih_l{k}[H:2H]`` of every layer and
+      direction by reset_parameters (an initialisation only; requires bias=True);
+    * ``recurrent_dropout`` (p in [0, 1)): in training, one mask ~ Bernoulli(1-p)/(1-p) per layer,
+      direction and sequence, ``[B, P]``, on h_{t-1} where it enters the recurrence; nothing in eval;
+    * ``zoneout`` (a rate or a pair (cell_rate, hidden_rate) in [0, 1]): in training each unit of c_t / h_t
+      keeps its previous value with that probability, fresh masks every step; in eval the expectation;
+      not with proj_size > 0;
+    * ``layer_norm`` (bool): layer normalisation of the two gate products and of the cell before its tanh,
+      with the parameters ``layer_norm_weight_ih_l{k}``, ``layer_norm_weight_hh_l{k}`` ([4H]),
+      ``layer_norm_weight_c_l{k}``, ``layer_norm_bias_c_l{k}`` ([H]);
+    * ``peephole`` (bool): the cell feeds the input, forget (c_{t-1}) and output (c_t) gates through
+      ``weight_peephole_l{k}`` ([3H], blocks i, f, o).
+
+    The variants' parameters are registered after all of nn.LSTM's (``_reverse`` suffix for the reverse
+    direction), so nn.LSTM's keep nn's names, order and random initialisation stream. ``_flat_weights``,
+    ``_flat_weights_names`` and ``all_weights`` keep nn.LSTM's surface: nn.LSTM's parameters only (tools
+    that read them expect nn's layout); the variants' parameters are in ``parameters()`` and the state
+    dict. ``forward(..., return_cell_states=True)`` also returns the last layer's cell state of every step.
     """
 
     __constants__ = ["mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
@@ -57,9 +93,12 @@ class LSTM(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None) -> None:
+                 proj_size: int = 0, device=None, dtype=None, *, forget_bias: float = 0.0,
+                 recurrent_dropout: float = 0.0, zoneout=0.0, layer_norm: bool = False,
+                 peephole: bool = False) -> None:
         super().__init__()
         _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
+        _set_variants(self, bias, proj_size, forget_bias, recurrent_dropout, zoneout, layer_norm, peephole)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -74,25 +113,64 @@ class LSTM(nn.Module):
         real_hidden_size = proj_size if proj_size > 0 else hidden_size
         gate_size = 4 * hidden_size
         self._flat_weights_names: list[str] = []
-        for layer in range(num_layers):
-            layer_input_size = input_size if layer == 0 else real_hidden_size * num_directions
-            for direction in range(num_directions):
-                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-                shapes = [("weight_ih", (gate_size, layer_input_size)), ("weight_hh", (gate_size, real_hidden_size))]
-                if bias:
-                    shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
-                if proj_size > 0:
-                    shapes += [("weight_hr", (proj_size, hidden_size))]
+        suffixes = [f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                    for layer in range(num_layers) for direction in range(num_directions)]
+        for index, suffix in enumerate(suffixes):
+            layer_input_size = input_size if index < num_directions else real_hidden_size * num_directions
+            shapes = [("weight_ih", (gate_size, layer_input_size)), ("weight_hh", (gate_size, real_hidden_size))]
+            if bias:
+                shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
+            if proj_size > 0:
+                shapes += [("weight_hr", (proj_size, hidden_size))]
+            for name, shape in shapes:
+                setattr(self, name + suffix, nn.Parameter(torch.empty(shape, **factory_kwargs)))
+                self._flat_weights_names.append(name + suffix)
+        # The variants' parameters after all of nn.LSTM's: every peephole, then the layer norms' parameters.
+        variant_shapes = []
+        if peephole:
+            variant_shapes.append([("weight_peephole", (3 * hidden_size,))])
+        if layer_norm:
+            variant_shapes.append([("layer_norm_weight_ih", (gate_size,)), ("layer_norm_weight_hh", (gate_size,)),
+                                   ("layer_norm_weight_c", (hidden_size,)), ("layer_norm_bias_c", (hidden_size,))])
+        variant_names: list[list[str]] = [[] for _ in suffixes]
+        for shapes in variant_shapes:
+            for index, suffix in enumerate(suffixes):
                 for name, shape in shapes:
                     setattr(self, name + suffix, nn.Parameter(torch.empty(shape, **factory_kwargs)))
-                    self._flat_weights_names.append(name + suffix)
+                    variant_names[index].append(name + suffix)
+        # lstm()'s flat_weights: per layer and direction nn.LSTM's weights, then that direction's variants'.
+        if variant_shapes:
+            per_direction = len(self._flat_weights_names) // len(suffixes)
+            self._lstm_weights_names = [name for index in range(len(suffixes)) for name in
+                                        self._flat_weights_names[index * per_direction:(index + 1) * per_direction]
+                                        + variant_names[index]]
+        else:
+            self._lstm_weights_names = self._flat_weights_names
         self.reset_parameters()
 
+    def _variants_on(self) -> bool:
+        """Whether forward passes anything beyond nn.LSTM's arguments (forget_bias is only an initialisation)."""
+        return self.peephole or self.layer_norm or self.recurrent_dropout > 0 or any(_zoneout_rates(self))
+
+    def _inexpressible_variants(self) -> list[str]:
+        """The variants torch.nn.LSTM / LSTMCell (and their TorchScript and ONNX forms) do not compute, as
+        ``name=value``; forget_bias is not one (it is an initialisation of nn's bias_ih)."""
+        variants = []
+        if self.peephole:
+            variants.append("peephole=True")
+        if self.layer_norm:
+            variants.append("layer_norm=True")
+        if self.recurrent_dropout > 0:
+            variants.append(f"recurrent_dropout={self.recurrent_dropout}")
+        if any(_zoneout_rates(self)):
+            variants.append(f"zoneout={self.zoneout}")
+        return variants
+
     def reset_parameters(self) -> None:
-        """nn.LSTM's initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H)), in registration order."""
-        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
+        """nn.LSTM's initialisation, U(-1/sqrt(H), 1/sqrt(H)) over nn.LSTM's parameters in nn's order, then
+        over the peepholes in registration order; the layer norms' weights ones and biases zeros; then
+        ``forget_bias`` added to the forget-gate quarter of every bias_ih."""
+        _reset_parameters(self, [name for name in self._lstm_weights_names if name.startswith("bias_ih")])
 
     @property
     def _flat_weights(self) -> list[Tensor]:
@@ -101,6 +179,14 @@ class LSTM(nn.Module):
         # attribute (a parametrized weight is a property).
         params = self._parameters
         return [params[name] if name in params else getattr(self, name) for name in self._flat_weights_names]
+
+    def _lstm_weights(self, flat_weights: list[Tensor]) -> list[Tensor]:
+        """lstm()'s flat_weights: ``flat_weights`` (nn.LSTM's, looked up by forward) when there are no variant
+        parameters, else per layer and direction nn's weights followed by that direction's variants'."""
+        if self._lstm_weights_names is self._flat_weights_names:
+            return flat_weights
+        params = self._parameters
+        return [params[name] if name in params else getattr(self, name) for name in self._lstm_weights_names]
 
     @property
     def _all_weights(self) -> list[list[str]]:
@@ -163,7 +249,7 @@ class LSTM(nn.Module):
             s += ", dropout={dropout}"
         if self.bidirectional is not False:
             s += ", bidirectional={bidirectional}"
-        return s.format(**self.__dict__)
+        return s.format(**self.__dict__) + _variants_repr(self)
 
     # The signatures torch.jit.script compiles forward for (nn.LSTM's); eager calls take the last definition.
     @_overload_method
@@ -176,18 +262,28 @@ class LSTM(nn.Module):
                 ) -> Tuple[PackedSequence, Tuple[Tensor, Tensor]]:
         pass
 
-    def forward(self, input, hx=None):
+    def _torchscript_forward(self, input, hx=None):
+        """forward as TorchScript compiles it (nn.LSTM's; see _keyword_only_for_torchscript)."""
+        if isinstance(input, PackedSequence):
+            return self._scripted_forward_packed(input, hx)
+        return self._scripted_forward(input, hx)
+
+    @_keyword_only_for_torchscript(_torchscript_forward)
+    def forward(self, input, hx=None, *, return_cell_states=False):
         """input: [T, B, I] ([B, T, I] when batch_first), [T, I] unbatched, or a PackedSequence; hx: None or
-        (h_0, c_0). Returns (output, (h_n, c_n)), as nn.LSTM does."""
-        if _is_scripting():  # TorchScript compiles this branch only (see __prepare_scriptable__)
-            if isinstance(input, PackedSequence):
-                return self._scripted_forward_packed(input, hx)
-            return self._scripted_forward(input, hx)
+        (h_0, c_0). Returns (output, (h_n, c_n)), as nn.LSTM does; with ``return_cell_states``
+        (output, (h_n, c_n), cell_states): the last layer's cell state of every step and direction, laid out
+        like output (``[T, B, D*H]``, batch_first, unbatched, or a PackedSequence with output's batch sizes
+        and indices); with zoneout the zoned-out cell.
+
+        In training, the recurrent-dropout and zoneout masks are drawn by ``self.sample_masks(input)`` (when
+        a rate is > 0) before the layers run; in eval zoneout takes its expectation and recurrent dropout
+        does nothing."""
         if isinstance(input, Proxy):  # torch.fx.symbolic_trace
-            return _fx_leaf_call(self, input, hx)
+            return _fx_leaf_call(self, input, hx, {"return_cell_states": True} if return_cell_states else {})
         weights = self._flat_weights
         if isinstance(input, PackedSequence):
-            return self._forward_packed(input, hx, weights)
+            return self._forward_packed(input, hx, weights, return_cell_states)
 
         # nn.LSTM's checks in nn.LSTM's order: the input's dimensions, the states' dimensions, the input's
         # dtype and size, the states' sizes and structure, the states' devices, the weights' device.
@@ -210,12 +306,57 @@ class LSTM(nn.Module):
         if input.device != weight.device:
             _raise_parameter_device(input, weight)
 
-        output, (h_n, c_n) = lstm(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
-                                  self.bidirectional, self.batch_first)
+        variants = self._lstm_variant_args(input, return_cell_states)
+        result = lstm(input, hx, self._lstm_weights(weights), self.bias, self.num_layers, self.dropout,
+                      self.training, self.bidirectional, self.batch_first, **variants)
+        output, (h_n, c_n) = result[0], result[1]
         if not is_batched:
             output = output.squeeze(batch_dim)
             h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
+        if return_cell_states:
+            cell_states = result[2] if is_batched else result[2].squeeze(batch_dim)
+            return output, (h_n, c_n), cell_states
         return output, (h_n, c_n)
+
+    def _lstm_variant_args(self, input, return_cell_states: bool) -> dict:
+        """lstm()'s variant keywords for this module and call: none at all without variants (nn.LSTM's call);
+        the masks drawn by sample_masks in training where a rate is > 0; in eval none (zoneout's rates are
+        its expectation, recurrent dropout does nothing)."""
+        if not self._variants_on():
+            return {"return_cell_states": True} if return_cell_states else {}
+        args = {"peephole": self.peephole, "layer_norm": self.layer_norm,
+                "recurrent_dropout": self.recurrent_dropout, "zoneout": _zoneout_rates(self),
+                "return_cell_states": return_cell_states}
+        if self.training and (self.recurrent_dropout > 0 or any(_zoneout_rates(self))):
+            masks = self.sample_masks(input)
+            args["recurrent_dropout_masks"] = masks.recurrent_dropout_masks
+            args["zoneout_masks"] = masks.zoneout_masks
+        return args
+
+    def sample_masks(self, input) -> VariantMasks:
+        """Draws the recurrent-dropout and zoneout masks a training forward on ``input`` draws (with
+        lstm_ext.functional.sample_masks), in the same order from torch's default generator (so
+        ``torch.manual_seed(s); masks = lstm.sample_masks(x)`` are the masks of ``torch.manual_seed(s);
+        lstm(x)``), as lstm_ext.VariantMasks for lstm_ext.lstm's
+        ``recurrent_dropout_masks`` and ``zoneout_masks``: per layer and direction a recurrent mask ``[B, P]``
+        (0 or 1/(1-p)), and a (cell, hidden) pair of zoneout masks (1 keeps the previous value), each laid out
+        like that layer's rows: ``[T, B, H]`` (``[B, T, H]`` batch_first), ``[N, H]`` for a PackedSequence's
+        data (rows and batch in the packed, length-sorted order). A 2-D (unbatched) input gets the masks of
+        its batch of one. A field, or a mask of a pair, is None where its rate is 0.
+
+        For tests and truncated backpropagation through time: pass the masks to lstm_ext.lstm with this
+        module's weights to run a forward with them, or hold them over several calls."""
+        config = (self.num_layers, self.bidirectional, self.batch_first, self.hidden_size, self.proj_size,
+                  self.recurrent_dropout, self.zoneout)
+        if isinstance(input, PackedSequence):
+            # The batch from sorted_indices' length where there is one, as forward's (a read of batch_sizes
+            # would break a compiled graph).
+            sorted_indices = input.sorted_indices
+            batch = sorted_indices.numel() if sorted_indices is not None else None
+            return sample_masks(input.data, *config, batch_sizes=input.batch_sizes, batch=batch)
+        if input.dim() == 2:  # unbatched: the masks of its batch of one
+            input = input.unsqueeze(0 if self.batch_first else 1)
+        return sample_masks(input, *config)
 
     def _batched_states(self, hx: Tuple[Tensor, Tensor], is_batched: bool) -> Tuple[Tensor, Tensor]:
         """nn.LSTM's check of the states' dimensions; unbatched states get their batch dimension. (Eager and
@@ -230,7 +371,7 @@ class LSTM(nn.Module):
                                f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
         return hx[0].unsqueeze(1), hx[1].unsqueeze(1)
 
-    def _forward_packed(self, packed: PackedSequence, hx, weights):
+    def _forward_packed(self, packed: PackedSequence, hx, weights, return_cell_states: bool = False):
         # nn.LSTM leaves a packed input's errors to its kernels; here they get nn.LSTM's words for the same
         # things (check_input's, check_hidden_size's, the devices').
         data, batch_sizes, sorted_indices, unsorted_indices = packed
@@ -256,10 +397,14 @@ class LSTM(nn.Module):
             self._check_states(hx, batch, data, batch_sizes, weights)
         if data.device != weight.device:
             _raise_parameter_device(data, weight)
-        output, (h_n, c_n) = lstm(data, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
-                                  self.bidirectional, False, batch_sizes=batch_sizes)
-        output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
-        return output, self.permute_hidden((h_n, c_n), unsorted_indices)
+        variants = self._lstm_variant_args(packed, return_cell_states)
+        result = lstm(data, hx, self._lstm_weights(weights), self.bias, self.num_layers, self.dropout,
+                      self.training, self.bidirectional, False, batch_sizes=batch_sizes, **variants)
+        output = PackedSequence(result[0], batch_sizes, sorted_indices, unsorted_indices)
+        h_n, c_n = self.permute_hidden(result[1], unsorted_indices)
+        if return_cell_states:  # the rows of output's data order, with output's indices
+            return output, (h_n, c_n), PackedSequence(result[2], batch_sizes, sorted_indices, unsorted_indices)
+        return output, (h_n, c_n)
 
     def _check_input(self, input: Tensor, weight: Tensor, packed: bool = False) -> None:
         """nn.RNNBase.check_input's checks and words, given the first weight (forward has it at hand)."""
@@ -323,7 +468,9 @@ class LSTM(nn.Module):
         """Called by torch.jit.script on this module before compiling it: forward's TorchScript branch is
         nn.LSTM's forward (torch._VF.lstm), which needs the weights as a list attribute, a snapshot of
         _flat_weights taken here (the same parameter objects). Returns the module itself, so that scripting
-        a model leaves the model as it was (torch assigns what this returns into the parent module)."""
+        a model leaves the model as it was (torch assigns what this returns into the parent module).
+        Refused for a variant nn.LSTM does not compute (any but forget_bias)."""
+        _refuse_script(self)
         warnings.warn(_SCRIPT_WARNING.format(name="LSTM", op="lstm"), UserWarning, stacklevel=2)
         self._scripted_flat_weights = self._flat_weights
         return self
@@ -373,7 +520,7 @@ def _raise_parameter_device(input: Tensor, weight: Tensor):
                        f"{input.device} and parameter tensor at {weight.device}")
 
 
-def _fx_leaf_call(module: nn.Module, input: Proxy, hx):
+def _fx_leaf_call(module: nn.Module, input: Proxy, hx, kwargs=None):
     """torch.fx.symbolic_trace: the module as one call_module node, as FX records torch.nn's own modules.
 
     FX keeps the modules defined in torch.nn as leaves and traces into every other; traced into, forward
@@ -389,16 +536,27 @@ def _fx_leaf_call(module: nn.Module, input: Proxy, hx):
             "records it as a call_module node of the module that holds it): trace a module holding it, e.g. "
             "torch.fx.symbolic_trace(torch.nn.Sequential(lstm)), or use torch.export"
         )
-    return tracer.create_proxy("call_module", path, (input,) if hx is None else (input, hx), {})
+    return tracer.create_proxy("call_module", path, (input,) if hx is None else (input, hx), kwargs or {})
 
 
 class LSTMCell(nn.Module):
-    """One LSTM step with ``torch.nn.LSTMCell``'s arguments, parameters and results, on the fused op."""
+    """One LSTM step with ``torch.nn.LSTMCell``'s arguments, parameters and results, on the fused op.
+
+    The keyword-only variants are lstm_ext.LSTM's (see there), for one step: ``forget_bias``,
+    ``recurrent_dropout`` and ``zoneout`` (masks ``[B, H]`` drawn at every call in training, over the
+    caller's hx; in eval recurrent dropout does nothing and zoneout takes its expectation), ``layer_norm``
+    (parameters ``layer_norm_weight_ih``, ``layer_norm_weight_hh`` [4H], ``layer_norm_weight_c``,
+    ``layer_norm_bias_c`` [H]) and ``peephole`` (``weight_peephole`` [3H], blocks i, f, o). Their
+    parameters come after nn.LSTMCell's, and are None when the variant is off.
+    """
 
     __constants__ = ["input_size", "hidden_size", "bias"]
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 forget_bias: float = 0.0, recurrent_dropout: float = 0.0, zoneout=0.0, layer_norm: bool = False,
+                 peephole: bool = False) -> None:
         super().__init__()
+        _set_variants(self, bias, 0, forget_bias, recurrent_dropout, zoneout, layer_norm, peephole)
         factory_kwargs = {"device": device, "dtype": dtype}
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -411,19 +569,50 @@ class LSTMCell(nn.Module):
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
+        variant_shapes = [("weight_peephole", (3 * hidden_size,), peephole)] + [
+            (name, shape, layer_norm) for name, shape in (
+                ("layer_norm_weight_ih", (4 * hidden_size,)), ("layer_norm_weight_hh", (4 * hidden_size,)),
+                ("layer_norm_weight_c", (hidden_size,)), ("layer_norm_bias_c", (hidden_size,)))]
+        for name, shape, on in variant_shapes:
+            self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory_kwargs)) if on else None)
         self.reset_parameters()
 
+    _variants_on = LSTM._variants_on
+    _inexpressible_variants = LSTM._inexpressible_variants
+
     def reset_parameters(self) -> None:
-        """nn.LSTMCell's initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H)), in order."""
-        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
+        """nn.LSTMCell's initialisation, U(-1/sqrt(H), 1/sqrt(H)) over nn.LSTMCell's parameters in order, then
+        over weight_peephole; the layer norm's weights ones and bias zeros; then ``forget_bias`` added to the
+        forget-gate quarter of bias_ih."""
+        _reset_parameters(self, ["bias_ih"] if self.bias else [])
 
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
         if self.bias is not True:
             s += ", bias={bias}"
-        return s.format(**self.__dict__)
+        return s.format(**self.__dict__) + _variants_repr(self)
+
+    def _variant_step(self, input: Tensor, hx, weight_ih, weight_hh, bias_ih, bias_hh):
+        """lstm_cell() with the variants' keywords; in training with this call's masks [B, H] (the recurrent
+        mask, then zoneout's cell and hidden masks, each where its rate is > 0). (Out of forward, whose
+        source TorchScript reads: it cannot read ``**``.)"""
+        params = self._parameters
+        get = lambda name: params[name] if name in params else getattr(self, name)  # noqa: E731
+        args = {"weight_peephole": get("weight_peephole") if self.peephole else None,
+                "layer_norm_weights": tuple(get(name) for name in (
+                    "layer_norm_weight_ih", "layer_norm_weight_hh", "layer_norm_weight_c", "layer_norm_bias_c"))
+                if self.layer_norm else None,
+                "zoneout": _zoneout_rates(self)}
+        if self.training and (self.recurrent_dropout > 0 or any(_zoneout_rates(self))):
+            # lstm_ext.functional's draws for a sequence of one step, of one layer and direction
+            masks = sample_masks(input.unsqueeze(0), 1, False, False, self.hidden_size, 0, self.recurrent_dropout,
+                                 self.zoneout)
+            if masks.recurrent_dropout_masks is not None:
+                args["recurrent_mask"] = masks.recurrent_dropout_masks[0]
+            if masks.zoneout_masks is not None:
+                args["zoneout_masks"] = tuple(None if mask is None else mask.squeeze(0)
+                                              for mask in masks.zoneout_masks[0])
+        return lstm_cell(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, training=self.training, **args)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
                 ) -> Tuple[Tensor, Tensor]:
@@ -472,7 +661,10 @@ class LSTMCell(nn.Module):
             device = input.device
             if weight_ih.device != device or hx[0].device != device or hx[1].device != device:
                 self._raise_like_nn(input, hx)
-        h, c = lstm_cell(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, training=self.training)
+        if self._variants_on():
+            h, c = self._variant_step(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+        else:
+            h, c = lstm_cell(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, training=self.training)
         if not is_batched:
             h, c = h.squeeze(0), c.squeeze(0)
         return h, c
@@ -499,7 +691,9 @@ class LSTMCell(nn.Module):
     def __prepare_scriptable__(self):
         """Called by torch.jit.script on this module before compiling it: forward's TorchScript branch is
         nn.LSTMCell's forward (torch._VF.lstm_cell) on the same parameters. Returns the module itself, so
-        that scripting a model leaves the model as it was."""
+        that scripting a model leaves the model as it was. Refused for a variant nn.LSTMCell does not compute
+        (any but forget_bias)."""
+        _refuse_script(self)
         warnings.warn(_SCRIPT_WARNING.format(name="LSTMCell", op="lstm_cell"), UserWarning, stacklevel=2)
         return self
 
@@ -555,3 +749,102 @@ def _check_constructor_args(input_size, hidden_size, num_layers, bias, batch_fir
         raise ValueError("proj_size should be a positive integer or zero to disable projections")
     if proj_size >= hidden_size:
         raise ValueError("proj_size has to be smaller than hidden_size")
+
+
+def _refuse_script(module: nn.Module) -> None:
+    variants = module._inexpressible_variants()
+    if variants:
+        name = type(module).__name__
+        raise NotImplementedError(
+            f"torch.jit.script: lstm_ext.{name} with {', '.join(variants)} cannot be scripted: TorchScript runs "
+            f"torch.nn.{name}'s implementation, which has no such variant (only forget_bias, an initialisation, "
+            "is scriptable). Use torch.export (torch.export.export), which keeps lstm_ext's kernels."
+        )
+
+
+def _set_variants(module: nn.Module, bias: bool, proj_size: int, forget_bias, recurrent_dropout, zoneout,
+                  layer_norm, peephole) -> None:
+    """Validates the variants' arguments and sets them as attributes (LSTM and LSTMCell)."""
+    _check_variant_args(bias, proj_size, forget_bias, recurrent_dropout, zoneout, layer_norm, peephole)
+    module.forget_bias = float(forget_bias)
+    module.recurrent_dropout = float(recurrent_dropout)
+    module.zoneout = tuple(float(rate) for rate in zoneout) if isinstance(zoneout, (tuple, list)) else float(zoneout)
+    module.layer_norm = layer_norm
+    module.peephole = peephole
+
+
+def _zoneout_rates(module: nn.Module) -> tuple[float, float]:
+    """The module's zoneout as (cell_rate, hidden_rate), read at every use (as nn reads dropout)."""
+    zoneout = module.zoneout
+    return (zoneout[0], zoneout[1]) if isinstance(zoneout, tuple) else (zoneout, zoneout)
+
+
+def _variants_repr(module: nn.Module) -> str:
+    """The non-default variants, for extra_repr."""
+    s = ""
+    if module.forget_bias != 0:
+        s += f", forget_bias={module.forget_bias}"
+    if module.recurrent_dropout != 0:
+        s += f", recurrent_dropout={module.recurrent_dropout}"
+    if any(_zoneout_rates(module)):
+        s += f", zoneout={module.zoneout}"
+    if module.layer_norm:
+        s += ", layer_norm=True"
+    if module.peephole:
+        s += ", peephole=True"
+    return s
+
+
+def _reset_parameters(module: nn.Module, bias_ih_names: list[str]) -> None:
+    """U(-1/sqrt(H), 1/sqrt(H)) over every parameter but the layer norms' in registration order (nn's
+    parameters first, then the peepholes), the layer norms' weights ones and biases zeros, then forget_bias
+    added to the forget-gate quarter [H:2H] of each of ``bias_ih_names``."""
+    hidden = module.hidden_size
+    stdv = 1.0 / math.sqrt(hidden) if hidden > 0 else 0
+    named = list(module.named_parameters())
+    for name, weight in named:
+        if "layer_norm_" not in name:
+            nn.init.uniform_(weight, -stdv, stdv)
+    for name, weight in named:
+        if "layer_norm_bias" in name:
+            nn.init.zeros_(weight)
+        elif "layer_norm_" in name:
+            nn.init.ones_(weight)
+    if module.forget_bias != 0:
+        with torch.no_grad():
+            for name in bias_ih_names:
+                # the parameter itself: a parametrized bias holds it as its "original"
+                bias = module._parameters[name] if name in module._parameters else \
+                    module.parametrizations[name].original
+                bias[hidden:2 * hidden] += module.forget_bias
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_variant_args(bias, proj_size, forget_bias, recurrent_dropout, zoneout, layer_norm,
+                        peephole) -> None:
+    """The variants' validation (after nn's arguments', in nn's wording where nn has a like argument: bias's
+    type, dropout's range)."""
+    for name, value in (("layer_norm", layer_norm), ("peephole", peephole)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+    if not _is_real(forget_bias):
+        raise TypeError(f"forget_bias should be a real number, got: {type(forget_bias).__name__}")
+    if not math.isfinite(forget_bias):
+        raise ValueError(f"forget_bias should be a finite number, got {forget_bias}")
+    if forget_bias != 0 and not bias:
+        raise ValueError(f"forget_bias requires bias=True (it is added to bias_ih), got bias={bias} "
+                         f"with forget_bias={forget_bias}")
+    if not _is_real(recurrent_dropout) or not 0 <= recurrent_dropout < 1:
+        raise ValueError(f"recurrent_dropout should be a number in range [0, 1) representing the "
+                         f"probability of an element of the recurrent input being zeroed, got {recurrent_dropout!r}")
+    rates = tuple(zoneout) if isinstance(zoneout, (tuple, list)) else (zoneout, zoneout)
+    if len(rates) != 2 or not all(_is_real(rate) and 0 <= rate <= 1 for rate in rates):
+        raise ValueError(f"zoneout should be a number or a pair (cell_rate, hidden_rate) of numbers in "
+                         f"range [0, 1] representing the probability of a unit keeping its previous value, got "
+                         f"{zoneout!r}")
+    if proj_size > 0 and any(rates):
+        raise NotImplementedError(f"zoneout with proj_size > 0 is not implemented, got zoneout={zoneout!r} "
+                                  f"and proj_size={proj_size}")

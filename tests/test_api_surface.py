@@ -388,3 +388,42 @@ def test_cell_state_of_another_dtype_is_refused():
     with pytest.raises(RuntimeError, match=r"hx\[1\] must have the dtype and device of input \(torch.float32 on cpu\), "
                                            r"got torch.float64 on cpu"):
         lstm_ext.LSTMCell(4, 7)(x, (h, h.double()))
+
+
+# ---- the variants keep nn's surface
+
+
+VARIANT_CONFIGS = [
+    dict(input_size=3, hidden_size=5, num_layers=2, bidirectional=True, peephole=True, layer_norm=True,
+         forget_bias=1.0, recurrent_dropout=0.25, zoneout=0.1),
+    dict(input_size=3, hidden_size=5, proj_size=2, bias=False, peephole=True, layer_norm=True),
+]
+
+
+@pytest.mark.parametrize("config", VARIANT_CONFIGS, ids=str)
+def test_lstm_with_variants_keeps_nn_names_values_and_flat_weights(config):
+    # nn.LSTM's names and values on a module with every variant (from the same seed: nn's parameters are
+    # drawn first); _flat_weights and all_weights hold nn's parameters only, which tools expect.
+    nn_config = {k: v for k, v in config.items() if k not in ("peephole", "layer_norm", "forget_bias",
+                                                             "recurrent_dropout", "zoneout")}
+    torch.manual_seed(11)
+    ref = nn.LSTM(**nn_config)
+    torch.manual_seed(11)
+    ext = lstm_ext.LSTM(**config)
+    for name in ("mode", "_flat_weights_names", "_all_weights", "__constants__", "input_size", "hidden_size",
+                 "num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size"):
+        assert_same(getattr(ext, name), getattr(ref, name), name)
+    nn_names = set(ref.state_dict())
+    assert [w is getattr(ext, n) for n, w in zip(ext._flat_weights_names, ext._flat_weights)] == \
+        [True] * len(ref._flat_weights)
+    assert sum(len(ws) for ws in ext.all_weights) == len(nn_names)
+    assert all(any(w is p for w in ext._flat_weights) for n, p in ext.named_parameters() if n in nn_names)
+    assert not any(any(w is p for w in ext._flat_weights) for n, p in ext.named_parameters() if n not in nn_names)
+    missing = [name for name in surface(ref) if not hasattr(ext, name)]
+    assert not missing, missing
+
+
+def test_public_names():
+    for name in ("LSTM", "LSTMCell", "lstm", "lstm_cell", "VariantMasks", "convert", "to_torch"):
+        assert name in lstm_ext.__all__ and hasattr(lstm_ext, name), name
+    assert lstm_ext.VariantMasks._fields == ("recurrent_dropout_masks", "zoneout_masks")

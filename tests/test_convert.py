@@ -232,3 +232,47 @@ def test_other_modules_and_non_modules():
     assert lstm_ext.convert(linear) is linear and lstm_ext.to_torch(linear) is linear
     with pytest.raises(TypeError, match="expected a torch.nn.Module, got list"):
         lstm_ext.convert([nn.LSTM(2, 2)])
+
+
+# ---- the variants
+
+
+@pytest.mark.parametrize("cls, kwargs, words", [
+    (lstm_ext.LSTM, dict(peephole=True), "peephole=True"),
+    (lstm_ext.LSTM, dict(layer_norm=True, forget_bias=1.0), "layer_norm=True"),
+    (lstm_ext.LSTM, dict(recurrent_dropout=0.25), "recurrent_dropout=0.25"),
+    (lstm_ext.LSTM, dict(zoneout=(0.1, 0.2), peephole=True), r"peephole=True, zoneout=\(0.1, 0.2\)"),
+    (lstm_ext.LSTMCell, dict(zoneout=0.5), "zoneout=0.5"),
+], ids=["peephole", "layer_norm", "recurrent_dropout", "two", "cell_zoneout"])
+def test_to_torch_refuses_what_nn_cannot_express_and_converts_nothing(cls, kwargs, words):
+    model = nn.Sequential(lstm_ext.LSTM(4, 4), nn.ModuleDict({"encoder": cls(4, 4, **kwargs)}))
+    target = "torch.nn.LSTM" if cls is lstm_ext.LSTM else "torch.nn.LSTMCell"
+    with pytest.raises(ValueError, match=rf"^lstm_ext.to_torch: the model's '1.encoder' is an lstm_ext.{cls.__name__} "
+                                         rf"with {words}, which {target} cannot express; nothing was converted$"):
+        lstm_ext.to_torch(model)
+    assert type(model[0]) is lstm_ext.LSTM and type(model[1]["encoder"]) is cls
+    with pytest.raises(ValueError, match=r"^lstm_ext.to_torch: the model is an lstm_ext"):
+        lstm_ext.to_torch(cls(4, 4, **kwargs))
+
+
+@pytest.mark.parametrize("cls, nn_cls", [(lstm_ext.LSTM, nn.LSTM), (lstm_ext.LSTMCell, nn.LSTMCell)])
+def test_to_torch_converts_forget_bias_an_initialisation(cls, nn_cls):
+    torch.manual_seed(0)
+    module = cls(4, 6, forget_bias=1.0).eval()
+    params, state = snapshot(module)
+    converted = lstm_ext.to_torch(module)
+    assert type(converted) is nn_cls
+    assert_same_state(converted, params, state)
+    bias_ih = converted.bias_ih if cls is lstm_ext.LSTMCell else converted.bias_ih_l0
+    assert (bias_ih[6:12] > 1.0 - 1 / 6 ** 0.5).all()  # the initialisation moved with the parameter
+    x = torch.randn(5, 3, 4) if cls is lstm_ext.LSTM else torch.randn(3, 4)
+    for a, e in zip(converted(x), module(x)):
+        torch.testing.assert_close(a, e)
+
+
+def test_convert_builds_modules_without_variants():
+    converted = lstm_ext.convert(nn.Sequential(nn.LSTM(4, 6), nn.LSTMCell(6, 6)))
+    for module in converted:
+        assert (module.forget_bias, module.recurrent_dropout, module.zoneout, module.layer_norm, module.peephole) == \
+            (0.0, 0.0, 0.0, False, False)
+    assert list(converted[0].state_dict()) == list(nn.LSTM(4, 6).state_dict())

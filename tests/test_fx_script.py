@@ -166,3 +166,65 @@ def test_script_sees_weights_replaced_before_scripting():
     packed = pack_padded_sequence(torch.randn(5, 3, 4), torch.tensor([5, 3, 2]))
     for a, e in zip(scripted(packed, None), model(packed, None)):
         torch.testing.assert_close(a, e)
+
+
+# ---- the variants
+
+
+class CellStatesModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = lstm_ext.LSTM(4, 6, bidirectional=True, peephole=True)
+
+    def forward(self, x):
+        output, (h, c), cell_states = self.lstm(x, return_cell_states=True)
+        return output + cell_states, h, c
+
+
+def test_symbolic_trace_keeps_return_cell_states_on_the_leaf():
+    torch.manual_seed(0)
+    model = CellStatesModel()
+    traced = torch.fx.symbolic_trace(model)
+    [node] = [n for n in traced.graph.nodes if n.op == "call_module"]
+    assert node.target == "lstm" and node.kwargs == {"return_cell_states": True}
+    x = torch.randn(5, 3, 4)
+    for a, e in zip(traced(x), model(x)):
+        assert torch.equal(a, e)
+    # without it, the node is nn.LSTM's (no keyword arguments), as test_symbolic_trace_keeps_them_as_leaves_like_nn
+    traced = torch.fx.symbolic_trace(LastState())
+    assert [n.kwargs for n in traced.graph.nodes if n.op == "call_module"] == [{}]
+
+
+@pytest.mark.parametrize("cls, kwargs, words", [
+    (lstm_ext.LSTM, dict(peephole=True), "peephole=True"),
+    (lstm_ext.LSTM, dict(layer_norm=True, recurrent_dropout=0.5), "layer_norm=True, recurrent_dropout=0.5"),
+    (lstm_ext.LSTM, dict(zoneout=0.1), r"zoneout=0.1"),
+    (lstm_ext.LSTMCell, dict(peephole=True), "peephole=True"),
+    (lstm_ext.LSTMCell, dict(recurrent_dropout=0.1), "recurrent_dropout=0.1"),
+], ids=["peephole", "two", "zoneout", "cell_peephole", "cell_recurrent_dropout"])
+def test_script_refuses_variants_torchscript_does_not_compute(cls, kwargs, words):
+    model = nn.Sequential(cls(4, 6, **kwargs))
+    with pytest.raises(NotImplementedError, match=rf"^torch.jit.script: lstm_ext.{cls.__name__} with {words} cannot be "
+                                                  r"scripted.*torch.export"):
+        torch.jit.script(model)
+    assert type(model[0]) is cls
+
+
+def test_script_of_forget_bias_runs_like_eager():
+    torch.manual_seed(0)
+    model = Tagger().double()
+    model.lstm = lstm_ext.LSTM(4, 6, num_layers=2, bidirectional=True, batch_first=True, proj_size=3,
+                               forget_bias=1.0).double()
+    model.cell = lstm_ext.LSTMCell(6, 5, forget_bias=2.0).double()
+    scripted, _ = script(model)
+    inputs = tagger_inputs()
+    for a, e in zip(scripted(*inputs), model(*inputs)):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9)
+
+
+def test_forward_signature_is_the_eager_one():
+    # TorchScript compiles nn.LSTM's forward (input, hx); Python and torch.export see lstm_ext's
+    import inspect
+    parameters = inspect.signature(lstm_ext.LSTM.forward).parameters
+    assert list(parameters) == ["self", "input", "hx", "return_cell_states"]
+    assert parameters["return_cell_states"].kind is inspect.Parameter.KEYWORD_ONLY

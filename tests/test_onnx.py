@@ -167,3 +167,95 @@ def test_eager_use_does_not_take_the_export_path(monkeypatch):
         with torch.set_grad_enabled(grad):
             for a, e in zip(ext(x), ref(x)):
                 torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+# ---- the variants
+
+
+def _lstm_nodes(model_proto):
+    return [n for n in model_proto.graph.node if n.op_type == "LSTM" and n.domain in ("", "ai.onnx")]
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize("kwargs, with_state", [
+    (dict(), False),
+    (dict(num_layers=2, bidirectional=True), True),
+    (dict(batch_first=True, bias=False), False),
+    (dict(bidirectional=True, batch_first=True, num_layers=2, forget_bias=1.0, recurrent_dropout=0.3), True),
+], ids=["one_layer", "two_layers_bidirectional_given_state", "batch_first_no_bias", "with_eval_no_ops"])
+def test_peephole_exports_as_onnx_lstm_with_its_p_input(tmp_path, kwargs, with_state, dynamo):
+    torch.manual_seed(0)
+    ext = lstm_ext.LSTM(input_size=4, hidden_size=6, peephole=True, **kwargs)
+    with torch.no_grad():  # peepholes of a size that changes the result visibly
+        for name, p in ext.named_parameters():
+            if name.startswith("weight_peephole"):
+                p.mul_(4)
+    model = Flat(ext).eval()
+    num_layers, directions = kwargs.get("num_layers", 1), 2 if kwargs.get("bidirectional") else 1
+    x = torch.randn(3, 5, 4) if kwargs.get("batch_first") else torch.randn(5, 3, 4)
+    args = (x, *_states(num_layers * directions, 3, 6)) if with_state else (x,)
+    path = tmp_path / "lstm.onnx"
+    names = ["x", "h0", "c0"][:len(args)]
+    batch_axis, steps_axis = (0, 1) if kwargs.get("batch_first") else (1, 0)
+    dynamic = dict(input_names=names, dynamic_axes={"x": {batch_axis: "batch", steps_axis: "steps"},
+                                                    **{n: {1: "batch"} for n in names[1:]}})
+    model_proto = _export(model, args, path, dynamo=dynamo, **dynamic)
+    nodes = _lstm_nodes(model_proto)
+    assert len(nodes) == num_layers
+    assert all(len(n.input) == 8 and n.input[7] != "" for n in nodes)  # P, ONNX's eighth input
+    assert all(n.domain in ("", "ai.onnx") for n in model_proto.graph.node)
+    _assert_matches(_run(path, *args), model, *args)
+    # at another batch and length
+    x = torch.randn(2, 7, 4) if kwargs.get("batch_first") else torch.randn(7, 2, 4)
+    args = (x, *_states(num_layers * directions, 2, 6)) if with_state else (x,)
+    _assert_matches(_run(path, *args), model, *args)
+    # and not what the same LSTM without peepholes computes
+    plain = lstm_ext.LSTM(input_size=4, hidden_size=6, **kwargs).eval()
+    plain.load_state_dict({k: v for k, v in ext.state_dict().items() if "peephole" not in k})
+    assert not np.allclose(_run(path, *args)[0], Flat(plain)(*args)[0].detach().numpy(), atol=1e-3)
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(layer_norm=True), "cannot export layer_norm=True to ONNX"),
+    (dict(zoneout=0.1), r"cannot export zoneout=\(0.1, 0.1\) to ONNX"),
+    (dict(zoneout=(0.0, 0.2), peephole=True), r"cannot export zoneout=\(0.0, 0.2\) to ONNX"),
+], ids=["layer_norm", "zoneout", "hidden_zoneout"])
+def test_variants_without_an_onnx_equivalent_are_refused(tmp_path, kwargs, words, dynamo):
+    model = Flat(lstm_ext.LSTM(4, 6, **kwargs)).eval()
+    with pytest.raises(RuntimeError, match=words):
+        _export(model, (torch.randn(5, 3, 4),), tmp_path / "lstm.onnx", dynamo=dynamo)
+
+
+class CellStates(nn.Module):
+    def __init__(self, lstm):
+        super().__init__()
+        self.lstm = lstm
+
+    def forward(self, x):
+        output, _, cell_states = self.lstm(x, return_cell_states=True)
+        return output, cell_states
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_cell_states_and_training_recurrent_dropout_are_refused(tmp_path, dynamo):
+    with pytest.raises(RuntimeError, match="cannot export return_cell_states=True to ONNX"):
+        _export(CellStates(lstm_ext.LSTM(4, 6)).eval(), (torch.randn(5, 3, 4),), tmp_path / "a.onnx", dynamo=dynamo)
+    model = Flat(lstm_ext.LSTM(4, 6, recurrent_dropout=0.3)).train()
+    # the TorchScript exporter puts the model in eval unless told to keep training
+    training = {} if dynamo else dict(training=torch.onnx.TrainingMode.TRAINING)
+    with pytest.raises(RuntimeError, match=r"cannot export recurrent dropout in training \(recurrent_dropout=0.3\) "
+                                           r"to ONNX.*model.eval\(\)"):
+        _export(model, (torch.randn(5, 3, 4),), tmp_path / "b.onnx", dynamo=dynamo, **training)
+
+
+def test_eval_recurrent_dropout_and_forget_bias_export_as_the_plain_lstm(tmp_path):
+    torch.manual_seed(0)
+    ext = lstm_ext.LSTM(4, 6, num_layers=2, bidirectional=True, recurrent_dropout=0.5, forget_bias=1.0)
+    ref = nn.LSTM(4, 6, num_layers=2, bidirectional=True)
+    ref.load_state_dict(ext.state_dict())
+    x = torch.randn(5, 3, 4)
+    path = tmp_path / "lstm.onnx"
+    _assert_standard_lstm(_export(Flat(ext).eval(), (x,), path), 2)
+    assert all(len(n.input) < 8 or n.input[7] == "" for n in _lstm_nodes(onnx.load(str(path))))  # no P
+    _assert_matches(_run(path, x), Flat(ref).eval(), x)
