@@ -31,6 +31,7 @@ CPU_SOURCES = [
     "cpu/pointwise_cpu.cpp",
     "emulated/pointwise_emulated.cpp",  # the CUDA kernels run on the CPU, for the tests
     "testing/cpu_gemm_testing.cpp",  # the CPU GEMMs as ops of their own, for the tests
+    "emulated/emulation_selftest.cpp",  # the emulation's own barrier/shared-memory tests
     "cpu/pointwise_cpu_avx2.cpp",  # the vector builds last, AVX2 first: see their comments on link order
     "cpu/pointwise_cpu_avx512.cpp",
 ]

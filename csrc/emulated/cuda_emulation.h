@@ -13,7 +13,8 @@
 // block wait at a barrier (or reaches one after another has returned), threads of a block at different
 // barriers, warp lanes at different operations or with a mask naming lanes that do not exist or have
 // returned, and a state where no thread can continue (a deadlock). A kernel's own exception reaches the
-// launch's caller unchanged. A fiber given up after an error does not run its locals' destructors.
+// launch's caller unchanged. After an error every suspended thread is resumed into an exception that
+// unwinds it, so nothing a kernel holds leaks.
 //
 // Kernel source: write it once for nvcc and the emulation with csrc/cuda/device_primitives.cuh (shared
 // memory declarations, grid_sync); the CUDA names __syncthreads, __syncwarp and __shfl*_sync are
@@ -177,7 +178,7 @@ inline void free_poisoned(void* memory, std::size_t alignment) {
 class DynamicSharedBuffer {
  public:
   DynamicSharedBuffer() = default;
-  explicit DynamicSharedBuffer(std::size_t bytes) : bytes_(bytes) {
+  explicit DynamicSharedBuffer(std::size_t bytes) {
 #if LSTM_EXT_EMULATION_ASAN
     data_ = static_cast<unsigned char*>(poisoned_allocation(bytes, 16));
 #else
@@ -211,17 +212,18 @@ class DynamicSharedBuffer {
  private:
   void swap(DynamicSharedBuffer& other) noexcept {
     std::swap(data_, other.data_);
-    std::swap(bytes_, other.bytes_);
     std::swap(mapping_, other.mapping_);
     std::swap(mapped_, other.mapped_);
   }
   unsigned char* data_ = nullptr;
-  std::size_t bytes_ = 0;
   unsigned char* mapping_ = nullptr;
   std::size_t mapped_ = 0;
 };
 
 struct Block;
+
+// Thrown inside a fiber to unwind it once its launch has failed; caught where the fiber began.
+struct FiberCancelled {};
 
 struct Fiber {
   enum class State { kNotStarted, kReady, kRunning, kWaiting, kFinished };
@@ -259,7 +261,6 @@ struct Block {
   uint3 index;
   Fiber* fibers = nullptr;  // `threads` of them
   unsigned threads = 0;
-  unsigned finished = 0;
   int first_returned = -1;  // the first thread that returned from the kernel
   unsigned barrier_arrived = 0;
   Site barrier_site;
@@ -337,7 +338,7 @@ class Scheduler {
     if (error_.empty()) error_ = message;
   }
   std::string deadlock_report() const;
-  void abandon_wave();
+  void cancel_wave();
   static void fiber_main(void* scheduler);
   uint3 block_index(std::uint64_t linear) const {
     const dim3 g = config_.grid;
@@ -369,6 +370,7 @@ class Scheduler {
 
   std::string error_;
   std::exception_ptr kernel_exception_;
+  bool cancelling_ = false;
 };
 
 inline void Scheduler::validate() {
@@ -422,7 +424,6 @@ inline void Scheduler::run_wave(std::uint64_t first_block, std::uint64_t block_c
     block.index = block_index(first_block + b);
     block.fibers = &wave_fibers_[b * threads_per_block_];
     block.threads = threads_per_block_;
-    block.finished = 0;
     block.first_returned = -1;
     block.barrier_arrived = 0;
     block.barrier_waiters.clear();
@@ -452,7 +453,10 @@ inline void Scheduler::run_wave(std::uint64_t first_block, std::uint64_t block_c
     Fiber* next = nullptr;
     if (ready_head_ < ready_.size()) {
       next = ready_[ready_head_++];
-      if (ready_head_ == ready_.size()) ready_.clear(), ready_head_ = 0;
+      if (ready_head_ == ready_.size()) {
+        ready_.clear();
+        ready_head_ = 0;
+      }
     } else if (started < threads) {
       next = &wave_fibers_[config_.order == LaunchOrder::kForward ? started : threads - 1 - started];
       ++started;
@@ -464,7 +468,7 @@ inline void Scheduler::run_wave(std::uint64_t first_block, std::uint64_t block_c
   }
   if (error_.empty() && !kernel_exception_ && finished < threads) error_ = deadlock_report();
   if (!error_.empty() || kernel_exception_) {
-    abandon_wave();
+    cancel_wave();
     if (kernel_exception_) std::rethrow_exception(kernel_exception_);
     throw KernelError(error_);
   }
@@ -491,8 +495,10 @@ inline void Scheduler::fiber_main(void* scheduler) {
   fiber::entered_from(self->host_);
   try {
     self->body_(self->closure_);
+  } catch (const FiberCancelled&) {
+    // unwound after an error, which the scheduler already holds
   } catch (...) {
-    self->kernel_exception_ = std::current_exception();
+    if (!self->kernel_exception_) self->kernel_exception_ = std::current_exception();
   }
   f->state = Fiber::State::kFinished;
   fiber::exit_to(f->context, self->host_);
@@ -504,13 +510,12 @@ inline void Scheduler::on_return(Fiber& f) {
   fiber::retire(f.context);
   fiber::StackPool::for_this_thread().give(std::move(f.stack));
   Block& block = *f.block;
-  ++block.finished;
   if (block.first_returned < 0) block.first_returned = static_cast<int>(f.thread);
   if (!first_returned_in_grid_) first_returned_in_grid_ = &f;
   Warp& warp = block.warps[f.thread / 32];
   const unsigned lane_bit = 1u << (f.thread % 32);
   warp.exited |= lane_bit;
-  if (kernel_exception_) return;
+  if (!error_.empty() || kernel_exception_) return;
   if (block.barrier_arrived > 0) {
     fail(prefix() + thread_name(f) + " returned from the kernel while " + std::to_string(block.barrier_arrived) +
          " of the block's " + std::to_string(block.threads) + " threads wait at " + describe(block.barrier_site) +
@@ -532,6 +537,7 @@ inline void Scheduler::suspend(Fiber& f, Fiber::Wait wait, const Site& site) {
   fiber::switch_to(f.context, host_);
   // resumed by the scheduler, which has set this thread's index variables again
   f.wait = Fiber::Wait::kNone;
+  if (cancelling_) throw FiberCancelled{};
 }
 
 inline void Scheduler::make_ready(Fiber& f) {
@@ -541,10 +547,7 @@ inline void Scheduler::make_ready(Fiber& f) {
 
 inline void Scheduler::fail_in_fiber(const std::string& message) {
   fail(message);
-  Fiber& f = *current_fiber;
-  f.state = Fiber::State::kWaiting;  // never resumed: the wave is given up
-  fiber::switch_to(f.context, host_);
-  std::abort();
+  throw FiberCancelled{};
 }
 
 inline void Scheduler::block_barrier(const Site& site, bool for_grid) {
@@ -642,9 +645,9 @@ inline std::uint64_t Scheduler::warp_exchange(const Site& site, unsigned mask, s
     if (!((mask >> l) & 1u)) continue;
     const int source = warp.source[l];
     if (source >= 0 && !((mask >> source) & 1u))
-      fail_in_fiber(prefix() + "block " + describe(block.index) + " warp " + std::to_string(warp_id) + ": lane " +
-                    std::to_string(l) + " reads lane " + std::to_string(source) + " at " + describe(site) +
-                    ", which is not in the mask " + hex_mask(mask));
+      fail_in_fiber(prefix() + thread_name(block.fibers[warp_id * 32 + l]) + " (lane " + std::to_string(l) +
+                    " of warp " + std::to_string(warp_id) + ") reads lane " + std::to_string(source) + " at " +
+                    describe(site) + ", which is not in the mask " + hex_mask(mask));
     warp.result[l] = source >= 0 ? warp.value[source] : 0;
     if (l != lane) make_ready(block.fibers[warp_id * 32 + l]);
   }
@@ -701,15 +704,13 @@ inline std::string Scheduler::deadlock_report() const {
   return prefix() + report;
 }
 
-// After an error: the wave's fibers never run again; their stacks are cleaned and reused.
-inline void Scheduler::abandon_wave() {
-  for (Fiber& f : wave_fibers_) {
-    if (f.state == Fiber::State::kNotStarted || f.state == Fiber::State::kFinished) continue;
-    fiber::retire(f.context);
-    f.stack.unpoison();
-    fiber::StackPool::for_this_thread().give(std::move(f.stack));
-    f.state = Fiber::State::kFinished;
-  }
+// After an error: every thread that waits (or was released but has not run yet) is resumed into a
+// FiberCancelled that unwinds it, so its frames are destroyed and its stack is clean for the next fiber.
+inline void Scheduler::cancel_wave() {
+  cancelling_ = true;
+  for (Fiber& f : wave_fibers_)
+    if (f.state == Fiber::State::kWaiting || f.state == Fiber::State::kReady) resume(f);
+  cancelling_ = false;
   for (Block& block : wave_blocks_) block.release_shared_memory();
   ready_.clear();
   ready_head_ = 0;

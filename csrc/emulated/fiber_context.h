@@ -160,14 +160,6 @@ class Stack {
   char* bottom() const { return mapping_ + page_bytes(); }  // lowest usable address
   std::size_t bytes() const { return bytes_; }
 
-  // A fiber abandoned in the middle of its kernel leaves AddressSanitizer's redzones of its live frames
-  // poisoned; the next fiber on this stack would trip over them.
-  void unpoison() const {
-#if LSTM_EXT_EMULATION_ASAN
-    if (mapping_) ASAN_UNPOISON_MEMORY_REGION(bottom(), bytes_);
-#endif
-  }
-
  private:
   char* mapping_ = nullptr;
   std::size_t bytes_ = 0;
