@@ -52,8 +52,9 @@ int main(int argc, char** argv) {
 EOF
 "${CC:-cc}" -O0 "$CANARY_DIR/canary.c" -o "$CANARY_DIR/canary" || fail "could not compile the instruction canary"
 canary() {  # canary CPU_MODEL INSTRUCTION_SET runs|sigill
-  local rc=0
-  ("$QEMU" -cpu "$1" "$CANARY_DIR/canary" "$2") 2>/dev/null || rc=$?
+  local rc
+  # In a subshell with its stderr dropped: the shell's own "Illegal instruction" line goes there too.
+  rc=$( ("$QEMU" -cpu "$1" "$CANARY_DIR/canary" "$2"; echo $?) 2>/dev/null )
   if [[ $3 == runs && $rc -ne 0 ]]; then
     fail "qemu's $1 model does not run $2 instructions (exit $rc): this qemu cannot emulate it (7.2 or newer can)"
   elif [[ $3 == sigill && $rc -ne 132 ]]; then
