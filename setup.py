@@ -1,6 +1,8 @@
 """Builds lstm_ext._C with torch.utils.cpp_extension and ninja: a CUDAExtension when torch has CUDA and a
 toolkit is found (or FORCE_CUDA=1), a CPU-only CppExtension otherwise (or FORCE_CPU=1).
-The sources, flags and toolkit discovery live in lstm_ext/_build.py, shared with the on-the-fly build."""
+The sources, flags and toolkit discovery live in lstm_ext/_build.py, shared with the on-the-fly build.
+The AVX2 and AVX-512 kernels are compiled apart, each into an object of its own whose symbols are local
+(lstm_ext/_build.py: ISA_VARIANTS), and linked in."""
 
 import importlib.util
 from pathlib import Path
@@ -23,6 +25,21 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 extension_type = CUDAExtension if with_cuda else CppExtension
 print(f"lstm_ext: building the {'CUDA' if with_cuda else 'CPU-only'} extension", flush=True)
 
+
+class BuildExtensionWithIsaVariants(BuildExtension):
+    """BuildExtension that first builds the instruction-set variants (with the compiler's own flags and
+    the extension's) and links their objects; they are also its dependencies, so a changed variant
+    relinks the module."""
+
+    def build_extension(self, ext):
+        objects = build.build_isa_variant_objects(
+            Path(self.build_temp).resolve() / "isa_variants", build.compile_args(with_cuda)["cxx"],
+            base_flags=list(self.compiler.compiler_so[1:]), verbose=self.verbose)
+        ext.extra_objects = list(ext.extra_objects or []) + objects
+        ext.depends = list(ext.depends or []) + objects
+        super().build_extension(ext)
+
+
 setup(
     ext_modules=[
         extension_type(
@@ -33,5 +50,5 @@ setup(
             py_limited_api=False,
         )
     ],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": BuildExtensionWithIsaVariants},
 )

@@ -24,10 +24,14 @@ spec = importlib.util.spec_from_file_location("lstm_ext_build", "lstm_ext/_build
 _build = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(_build)
 sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]
+cflags = ["-O1"] + _build.openmp_flags() + sanitize
 start = time.time()
+# The AVX2 and AVX-512 kernels are compiled apart (their symbols made local) and linked as objects.
+isa_objects = _build.build_isa_variant_objects(f"{sys.argv[1]}/isa_variants", cflags,
+                                               stale_module=f"{sys.argv[1]}/_C.so")
 module_path = cpp_extension.load(
     name="_C", sources=_build.sources(with_cuda=False),
-    extra_cflags=["-O1"] + _build.openmp_flags() + sanitize, extra_ldflags=_build.link_args() + sanitize,
+    extra_cflags=cflags, extra_ldflags=_build.link_args() + sanitize + isa_objects,
     build_directory=sys.argv[1], is_python_module=False, is_standalone=False, verbose=False)
 print(f"built in {time.time() - start:.0f} s")
 PYEOF

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import glob
 import os
+import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 
+# The sources built for the baseline instruction set, with the extension's flags.
 CPU_SOURCES = [
     "module.cpp",
     "ops.cpp",
@@ -32,12 +37,41 @@ CPU_SOURCES = [
     "emulated/pointwise_emulated.cpp",  # the CUDA kernels run on the CPU, for the tests
     "testing/cpu_gemm_testing.cpp",  # the CPU GEMMs as ops of their own, for the tests
     "emulated/emulation_selftest.cpp",  # the emulation's own barrier/shared-memory tests
-    "cpu/pointwise_cpu_avx2.cpp",  # the vector builds last, AVX2 first: see their comments on link order
-    "cpu/pointwise_cpu_avx512.cpp",
 ]
 CUDA_SOURCES = [
     "cuda/pointwise_cuda.cu",
 ]
+
+
+class IsaVariant(NamedTuple):
+    """The CPU step kernels built once more for a wider instruction set: `source` compiled on its own
+    with `flags`, after which every symbol it defines is renamed and made local except its entry point
+    lstm_ext::<namespace>::step_kernels() (build_isa_variant_objects)."""
+
+    source: str
+    namespace: str
+    flags: tuple[str, ...]
+
+    @property
+    def entry_symbol(self) -> str:
+        """lstm_ext::<namespace>::step_kernels(), mangled."""
+        return f"_ZN8lstm_ext{len(self.namespace)}{self.namespace}12step_kernelsEv"
+
+    @property
+    def symbol_suffix(self) -> str:
+        return f".lstm_ext_{self.namespace}"
+
+
+# Not in CPU_SOURCES: a variant's inline functions of ATen, c10 and std are compiled for its instruction
+# set, and if it were linked as a plain object the linker could keep those copies for the whole library
+# (the first definition wins), putting AVX2 code on a CPU without it. csrc/cpu/pointwise_cpu.cpp picks
+# one at run time; tests/test_isa_isolation.py and .ci/isa_check.sh check the result.
+ISA_VARIANTS = (
+    IsaVariant("cpu/pointwise_cpu_avx2.cpp", "avx2", ("-mavx2", "-mfma")),
+    IsaVariant("cpu/pointwise_cpu_avx512.cpp", "avx512",
+               ("-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma")),
+)
+
 # Register spills or local memory in our kernels fail the build; -v prints each kernel's registers.
 PTXAS_GATE = "-Xptxas=-v,-warn-spills,-warn-lmem-usage,-Werror"
 DEFAULT_ARCH_LIST = "8.0;9.0"
@@ -138,3 +172,131 @@ def sources(with_cuda: bool, relative_to: Path | None = None) -> list[str]:
     """The source files, absolute or relative to `relative_to` (setuptools wants them relative)."""
     paths = [CSRC / n for n in CPU_SOURCES + (CUDA_SOURCES if with_cuda else [])]
     return [os.path.relpath(p, relative_to) if relative_to else str(p) for p in paths]
+
+
+def isa_variants_built() -> bool:
+    """Whether ISA_VARIANTS are built: on x86-64 Linux (ELF objects, binutils' objcopy), as
+    csrc/cpu/pointwise_cpu.cpp expects. Elsewhere the baseline kernels serve alone."""
+    return platform.machine().lower() in ("x86_64", "amd64") and sys.platform.startswith("linux")
+
+
+def _ninja_escape(text: str) -> str:
+    return text.replace("$", "$$").replace(" ", "$ ").replace(":", "$:")
+
+
+def _ninja_command(args: list[str]) -> str:
+    return shlex.join(args).replace("$", "$$")
+
+
+def build_isa_variant_objects(build_dir: str | os.PathLike, cxx_flags: list[str], base_flags: list[str] | None = None,
+                              stale_module: str | os.PathLike | None = None, verbose: bool = False) -> list[str]:
+    """Compiles ISA_VARIANTS in `build_dir` (with ninja, so only what changed) and returns the objects to
+    link into the extension, [] where none are built. Each is compiled with the extension's `cxx_flags`
+    (after `base_flags`, the compiler's own: setuptools' CFLAGS) and its instruction-set flags, then
+    every symbol it defines gets the variant's suffix and local binding, but the entry point: its
+    inline functions and their COMDAT groups can no longer be merged with the baseline objects' copies,
+    whatever the link order. -fno-lto keeps them out of a link-time optimizer's view, and
+    -fno-gnu-unique makes the statics of inline functions weak symbols, which objcopy can make local.
+    `stale_module`: a linked module to delete when an object is newer (torch's ninja file for
+    cpp_extension.load does not know these objects, so it would not relink)."""
+    if not isa_variants_built():
+        return []
+    from torch.utils import cpp_extension
+
+    build_dir = Path(build_dir).resolve()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    includes = cpp_extension.include_paths() + [sysconfig.get_path("include", scheme="posix_prefix")]
+    common = [*(base_flags or []), "-fPIC", "-std=c++20", "-DTORCH_API_INCLUDE_EXTENSION_H",
+              *(f"-isystem{d}" for d in includes), *cxx_flags, "-fno-lto", "-fno-gnu-unique"]
+    lines = [
+        "ninja_required_version = 1.3",
+        "rule compile",
+        f"  command = {_ninja_command([os.environ.get('CXX', 'c++'), '-MMD', '-MF'])} $out.d $cflags -c $in -o $out",
+        "  depfile = $out.d",
+        "  deps = gcc",
+        "  description = CXX $out",
+        "rule localize",
+        f"  command = {_ninja_command([sys.executable, str(Path(__file__).resolve()), 'localize'])} $in $out $namespace",
+        "  description = LOCALIZE $out",
+    ]
+    objects = []
+    for variant in ISA_VARIANTS:
+        compiled = build_dir / f"{variant.namespace}.o"
+        localized = build_dir / f"{variant.namespace}.local.o"
+        lines += [
+            f"build {_ninja_escape(str(compiled))}: compile {_ninja_escape(str(CSRC / variant.source))}",
+            f"  cflags = {_ninja_command(common + list(variant.flags))}",
+            f"build {_ninja_escape(str(localized))}: localize {_ninja_escape(str(compiled))} | "
+            f"{_ninja_escape(str(Path(__file__).resolve()))}",
+            f"  namespace = {variant.namespace}",
+        ]
+        objects.append(str(localized))
+    ninja_file = build_dir / "build.ninja"
+    text = "\n".join(lines) + "\n"
+    if not ninja_file.is_file() or ninja_file.read_text() != text:
+        ninja_file.write_text(text)
+    command = ["ninja", "-C", str(build_dir)] + (["-v"] if verbose else [])
+    if os.environ.get("MAX_JOBS", "").isdigit():
+        command += ["-j", os.environ["MAX_JOBS"]]
+    # Quiet unless verbose, as cpp_extension's own ninja run: the output is shown when it fails.
+    run = subprocess.run(command, stdout=None if verbose else subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"building the instruction-set variants failed: `{shlex.join(command)}` exited "
+                           f"{run.returncode}:\n{run.stdout or ''}")
+    if stale_module is not None and os.path.exists(stale_module):
+        if max(os.path.getmtime(o) for o in objects) > os.path.getmtime(stale_module):
+            os.unlink(stale_module)
+    return objects
+
+
+def _binutil(name: str) -> str:
+    tool = os.environ.get(name.upper(), name)  # $OBJCOPY, $NM, $READELF for another toolchain's
+    if shutil.which(tool) is None:
+        raise RuntimeError(f"{tool} (binutils) is needed to build the instruction-set variants and was not "
+                           f"found on PATH: install binutils, or set ${name.upper()}")
+    return tool
+
+
+def _defined_symbols(obj: str, extern_only: bool) -> set[str]:
+    """Names of the symbols `obj` defines (section and file symbols aside)."""
+    listing = subprocess.run([_binutil("nm"), "--defined-only", "-P"] + (["--extern-only"] if extern_only else [])
+                             + [obj], check=True, capture_output=True, text=True).stdout
+    return {line.split()[0] for line in listing.splitlines() if line.strip()}
+
+
+def _group_signatures(obj: str) -> set[str]:
+    """The signature symbols of the object's section groups (COMDAT: the linker keeps one group per name)."""
+    listing = subprocess.run([_binutil("readelf"), "-gW", obj], check=True, capture_output=True, text=True).stdout
+    return set(re.findall(r"^\S+ group section \[\s*\d+\] `[^']*' \[([^\]]+)\]", listing, re.MULTILINE))
+
+
+def localize_variant_object(compiled: str, localized: str, namespace: str) -> None:
+    """Writes `compiled` as `localized` with each defined symbol and group signature renamed to carry
+    the variant's suffix and every one local but the entry point; then checks that this holds."""
+    variant = next((v for v in ISA_VARIANTS if v.namespace == namespace), None)
+    if variant is None:
+        raise SystemExit(f"localize: namespace must be one of {[v.namespace for v in ISA_VARIANTS]}, got {namespace!r}")
+    defined = _defined_symbols(compiled, extern_only=False)
+    if variant.entry_symbol not in defined:
+        raise SystemExit(f"localize: {compiled} does not define {variant.entry_symbol} "
+                         f"(lstm_ext::{namespace}::step_kernels()), the one symbol kept global")
+    renamed = sorted((defined | _group_signatures(compiled)) - {variant.entry_symbol})
+    renames = Path(localized + ".renames")
+    renames.write_text("".join(f"{name} {name}{variant.symbol_suffix}\n" for name in renamed))
+    partial = localized + ".partial"
+    subprocess.run([_binutil("objcopy"), f"--redefine-syms={renames}",
+                    f"--keep-global-symbol={variant.entry_symbol}", compiled, partial], check=True)
+    still_global = _defined_symbols(partial, extern_only=True) - {variant.entry_symbol}
+    shared_groups = {g for g in _group_signatures(partial) if not g.endswith(variant.symbol_suffix)}
+    if still_global or shared_groups:
+        os.unlink(partial)
+        raise SystemExit(f"localize: {compiled} still shares symbols with the other objects: global "
+                         f"{sorted(still_global)[:10]}, section groups {sorted(shared_groups)[:10]}")
+    os.replace(partial, localized)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "localize":
+        localize_variant_object(*sys.argv[2:])
+    else:
+        raise SystemExit("usage: _build.py localize COMPILED.o LOCALIZED.o NAMESPACE")

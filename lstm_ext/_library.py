@@ -27,12 +27,14 @@ def _build_on_the_fly() -> types.ModuleType:
         flush=True,
     )
     args = _build.compile_args(with_cuda)
+    isa_objects = _build.build_isa_variant_objects(build_dir / "isa_variants", args["cxx"],
+                                                   stale_module=build_dir / "_C.so")
     return cpp_extension.load(
         name="_C",
         sources=_build.sources(with_cuda),
         extra_cflags=args["cxx"],
         extra_cuda_cflags=args.get("nvcc"),
-        extra_ldflags=_build.link_args(),
+        extra_ldflags=_build.link_args() + isa_objects,
         build_directory=str(build_dir),
         with_cuda=with_cuda,
         is_python_module=True,

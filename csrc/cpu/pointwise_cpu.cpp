@@ -7,13 +7,20 @@
 
 #include <string>
 
+// The vector builds exist on x86-64 Linux only: as lstm_ext/_build.py's isa_variants_built().
+#if defined(__x86_64__) && defined(__linux__)
+#define LSTM_EXT_CPU_ISA_VARIANTS 1
+#endif
+
 namespace lstm_ext {
+#ifdef LSTM_EXT_CPU_ISA_VARIANTS
 namespace avx2 {
 const StepKernels& step_kernels();
 }  // namespace avx2
 namespace avx512 {
 const StepKernels& step_kernels();
 }  // namespace avx512
+#endif
 
 namespace {
 
@@ -27,7 +34,7 @@ struct CpuVariant {
 // setting runs every variant on one machine (tests/test_cpu_variants.py).
 const CpuVariant& chosen_variant() {
   static const CpuVariant chosen = []() -> CpuVariant {
-#if defined(__x86_64__) || defined(_M_X64)
+#ifdef LSTM_EXT_CPU_ISA_VARIANTS
     const std::string aten = at::get_cpu_capability();
     const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     const bool has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&

@@ -2,22 +2,14 @@
 // doubles) per instruction and exp/tanh come from Sleef's vector functions in libtorch. Used only when
 // the CPU has AVX2 and FMA (pointwise_cpu.cpp checks at run time).
 //
-// The instruction set is set here, not on the command line, so the rest of the extension stays
-// baseline: the pragma applies to everything below it, and the __AVX__/__AVX2__/__FMA__ macros make
-// ATen's and Sleef's headers declare their AVX2 paths. The vector builds come after the baseline files
-// in the link order, so where this file shares an inline function with one of those the linker keeps
-// the baseline copy (and this copy over the AVX-512 file's: pointwise_cpu_avx512.cpp).
-#if defined(__x86_64__) || defined(_M_X64)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
+// Not a plain source: lstm_ext/_build.py (ISA_VARIANTS) compiles it on its own with -mavx2 -mfma, then
+// renames every symbol it defines and makes it local, but lstm_ext::avx2::step_kernels(). The inline
+// functions of ATen, c10 and std that it emits, compiled for AVX2, stay its own copies: the baseline
+// code never calls them, whatever the link order (tests/test_isa_isolation.py, .ci/isa_check.sh).
+#if !defined(__AVX2__) || !defined(__FMA__)
+#error "pointwise_cpu_avx2.cpp is built by lstm_ext/_build.py (ISA_VARIANTS) with -mavx2 -mfma, not as a plain source"
+#endif
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
-#include "avx2_macros.h"
 #define LSTM_EXT_CPU_VARIANT avx2
 #include "pointwise_cpu_kernels.h"
-#pragma GCC pop_options
-#else
-// Not x86-64: __builtin_cpu_supports("avx2") is false there, so the baseline serves; this keeps the symbol.
-#define LSTM_EXT_CPU_VARIANT avx2
-#include "pointwise_cpu_kernels.h"
-#endif

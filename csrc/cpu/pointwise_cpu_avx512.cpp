@@ -3,32 +3,13 @@
 // registers (6 rows by two 32-column panels). Used only where ATen itself runs its AVX512 kernels
 // (pointwise_cpu.cpp asks at run time), so ATEN_CPU_CAPABILITY=avx2 selects the AVX2 build here too.
 //
-// As in pointwise_cpu_avx2.cpp, the instruction set is set by a pragma, not on the command line, and
-// this file comes after the baseline files in the link order (see that file's comment), and after the
-// AVX2 one: an inline function shared by the two vector builds only keeps the AVX2 copy.
-#if defined(__x86_64__) || defined(_M_X64)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
+// Built as pointwise_cpu_avx2.cpp is (see its comment), with -mavx512f -mavx512dq -mavx512bw -mavx512vl
+// -mavx2 -mfma: everything it defines but lstm_ext::avx512::step_kernels() is local to it.
+#if !defined(__AVX512F__) || !defined(__AVX512DQ__) || !defined(__AVX512BW__) || !defined(__AVX512VL__) || \
+    !defined(__AVX2__) || !defined(__FMA__)
+#error "pointwise_cpu_avx512.cpp is built by lstm_ext/_build.py (ISA_VARIANTS) with the AVX-512 flags, not as a plain source"
+#endif
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
-#include "avx2_macros.h"
-#ifndef __AVX512F__
-#define __AVX512F__ 1
-#endif
-#ifndef __AVX512DQ__
-#define __AVX512DQ__ 1
-#endif
-#ifndef __AVX512BW__
-#define __AVX512BW__ 1
-#endif
-#ifndef __AVX512VL__
-#define __AVX512VL__ 1
-#endif
 #define LSTM_EXT_CPU_VARIANT avx512
 #include "pointwise_cpu_kernels.h"
-#pragma GCC pop_options
-#else
-// Not x86-64: never chosen there (pointwise_cpu.cpp); this keeps the symbol.
-#define LSTM_EXT_CPU_VARIANT avx512
-#include "pointwise_cpu_kernels.h"
-#endif
