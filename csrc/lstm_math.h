@@ -13,7 +13,7 @@
 #define LSTM_HOST_DEVICE_MEMBER __host__ __device__ __forceinline__
 #else
 // static: each translation unit keeps its own copy, so the CPU builds for different instruction sets
-// (cpu/pointwise_cpu*.cpp) never share one through the linker.
+// (cpu/cpu_backend*.cpp) never share one through the linker.
 #define LSTM_HOST_DEVICE static inline
 #define LSTM_HOST_DEVICE_MEMBER inline
 #endif

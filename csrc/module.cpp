@@ -3,7 +3,7 @@
 // build runs, and holds the CPU buffer cache's two functions (plain functions: they take no tensors).
 #include <Python.h>
 
-#include "cpu/huge_page_allocator.h"
+#include "cpu/buffer_cache.h"
 #include "step_kernels.h"
 
 namespace {

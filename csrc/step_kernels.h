@@ -181,7 +181,7 @@ class StepKernels {
   virtual void backward_pointwise(const BackwardStepArgs& args) const = 0;
 
   // An uninitialised buffer of a pass (the per-row ones: gates, cells, outputs, their gradients), like
-  // at::empty. Here at::empty; the CPU maps the largest in huge pages (cpu/huge_page_allocator.h).
+  // at::empty. Here at::empty; the CPU maps the largest in huge pages (cpu/buffer_cache.h).
   virtual at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) const;
 
   // The weight as matmul will take it, for `use`. Here the weight as it is.

@@ -32,8 +32,8 @@ CPU_SOURCES = [
     "lstm_recurrence.cpp",
     "step_kernels.cpp",
     "cpu/blas_gemm.cpp",
-    "cpu/huge_page_allocator.cpp",
-    "cpu/pointwise_cpu.cpp",
+    "cpu/buffer_cache.cpp",
+    "cpu/cpu_backend.cpp",
     "emulated/pointwise_emulated.cpp",  # the CUDA kernels run on the CPU, for the tests
     "testing/cpu_gemm_testing.cpp",  # the CPU GEMMs as ops of their own, for the tests
     "emulated/emulation_selftest.cpp",  # the emulation's own barrier/shared-memory tests
@@ -64,11 +64,11 @@ class IsaVariant(NamedTuple):
 
 # Not in CPU_SOURCES: a variant's inline functions of ATen, c10 and std are compiled for its instruction
 # set, and if it were linked as a plain object the linker could keep those copies for the whole library
-# (the first definition wins), putting AVX2 code on a CPU without it. csrc/cpu/pointwise_cpu.cpp picks
+# (the first definition wins), putting AVX2 code on a CPU without it. csrc/cpu/cpu_backend.cpp picks
 # one at run time; tests/test_isa_isolation.py and .ci/isa_check.sh check the result.
 ISA_VARIANTS = (
-    IsaVariant("cpu/pointwise_cpu_avx2.cpp", "avx2", ("-mavx2", "-mfma")),
-    IsaVariant("cpu/pointwise_cpu_avx512.cpp", "avx512",
+    IsaVariant("cpu/cpu_backend_avx2.cpp", "avx2", ("-mavx2", "-mfma")),
+    IsaVariant("cpu/cpu_backend_avx512.cpp", "avx512",
                ("-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma")),
 )
 
@@ -176,7 +176,7 @@ def sources(with_cuda: bool, relative_to: Path | None = None) -> list[str]:
 
 def isa_variants_built() -> bool:
     """Whether ISA_VARIANTS are built: on x86-64 Linux (ELF objects, binutils' objcopy), as
-    csrc/cpu/pointwise_cpu.cpp expects. Elsewhere the baseline kernels serve alone."""
+    csrc/cpu/cpu_backend.cpp expects. Elsewhere the baseline kernels serve alone."""
     return platform.machine().lower() in ("x86_64", "amd64") and sys.platform.startswith("linux")
 
 

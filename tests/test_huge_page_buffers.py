@@ -1,5 +1,5 @@
 """On the CPU, a pass's buffers of 32 MiB and more (gates, gate gradients, outputs) get mappings of their own
-in transparent huge pages (csrc/cpu/huge_page_allocator.h), kept for reuse when freed; from 256 KiB up
+in transparent huge pages (csrc/cpu/buffer_cache.h), kept for reuse when freed; from 256 KiB up
 (packed weights, a block's gates) mappings of 4 KiB pages, kept alike. Such tensors must
 behave like any other: the same numbers as nn.LSTM (also in reused memory that holds an earlier call's
 values), outputs that resize and free like ATen's own, and, where the kernel offers huge pages, they are

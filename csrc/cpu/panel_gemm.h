@@ -6,7 +6,7 @@
 // few rows, a few more) is summed over k in registers.
 //
 // Every output element is one running sum over k in increasing order, whatever m is, so results do not
-// depend on how the batch is split into chunks. Part of pointwise_cpu_kernels.h's variants: include only
+// depend on how the batch is split into chunks. Part of cpu_backend.h's variants: include only
 // from there.
 #pragma once
 
@@ -21,7 +21,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "huge_page_allocator.h"
+#include "buffer_cache.h"
 
 namespace lstm_ext {
 namespace LSTM_EXT_CPU_VARIANT {

@@ -9,7 +9,7 @@
 // factors, each a normal float for every n here, so results that are denormal or overflow are rounded
 // once, as exp's are. x is first clamped to [-104, 89], past which exp is 0 or inf in float; the clamp
 // keeps NaN (clamp_min/clamp_max return x when it is NaN), and a NaN r makes the result NaN. Part of
-// pointwise_cpu_kernels.h's variants: include only from there.
+// cpu_backend.h's variants: include only from there.
 #pragma once
 
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)

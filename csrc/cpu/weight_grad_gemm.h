@@ -7,7 +7,7 @@
 //
 // The threads split out's rows. Each output element is one running sum over k in increasing order
 // (between k blocks through out, as the float32 it is), whatever the number of threads. Part of
-// pointwise_cpu_kernels.h's variants: include only from there, after panel_gemm.h.
+// cpu_backend.h's variants: include only from there, after panel_gemm.h.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -16,7 +16,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "huge_page_allocator.h"
+#include "buffer_cache.h"
 
 namespace lstm_ext {
 namespace LSTM_EXT_CPU_VARIANT {

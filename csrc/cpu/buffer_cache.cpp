@@ -1,5 +1,5 @@
-// huge_page_allocator.cpp -- see huge_page_allocator.h.
-#include "huge_page_allocator.h"
+// buffer_cache.cpp -- see buffer_cache.h.
+#include "buffer_cache.h"
 
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>

@@ -1,19 +1,12 @@
-// huge_page_allocator.h -- CPU memory for the large buffers of a pass (gates, cells, outputs, gate
-// gradients) in 2 MiB transparent huge pages, where the kernel offers them.
+// buffer_cache.h -- the CPU's buffers of a pass (gates, cells, outputs, gate gradients): the large ones
+// mapped in 2 MiB transparent huge pages where the kernel offers them, and freed mappings (huge-page or
+// ordinary) kept for reuse by the next call.
 //
 // Why: glibc maps every allocation of 32 MiB or more afresh and unmaps it when freed, so such a buffer
-// costs a page fault per 4 KiB page on every call, and a call makes several. Measured in one process
-// (2 threads) at T=512, B=128, H=64 (a 64 MiB gates buffer and its gradient): a training step 18-25%
-// faster in huge pages; T=512, B=32, H=256: 5-10%. Smaller buffers, which glibc may reuse without new
-// faults, showed no difference beyond this machine's noise (16 MiB ones: -11% to +14% over five runs).
-//
-// Freed mappings are kept, up to kMaxCachedBytes, and serve the next requests of their size (as glibc's
-// heap keeps smaller blocks, and as PyTorch's CUDA allocator caches): the next call's buffers are then
-// already faulted in. A fresh mapping costs more than its faults: the kernel zeroes every page (a tenth
-// of a T=512, B=128, H=256 training step in clear_page), and on a virtual machine that has handed freed
-// memory back to its host, the host faults it in again (that step measured 1.3 s with its buffers
-// reused, up to 2.2 s when another computation had freed memory in between). empty_huge_page_cache()
-// (lstm_ext.empty_cache()) unmaps them.
+// costs a page fault per 4 KiB and freshly zeroed pages on every call, and a call makes several
+// (profile notes 15 and 17). Freed mappings are kept, up to kMaxCachedBytes, and serve the next requests
+// of their size, as PyTorch's CUDA allocator caches; empty_huge_page_cache() (lstm_ext.empty_cache())
+// unmaps them.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,9 +1,12 @@
-// pointwise_cpu_kernels.h -- the CPU's fused pointwise step: rows split over threads with
-// at::parallel_for, units within a row in at::vec::Vectorized lanes with a scalar tail. The math is
-// lstm_math.h's, run on the vector type through a Transcendentals specialization.
+// cpu_backend.h -- the whole CPU backend (StepKernels): the fused pointwise steps (rows split over threads
+// with at::parallel_for, units within a row in at::vec::Vectorized lanes with a scalar tail; the math is
+// lstm_math.h's and lstm_cell_rows.h's, run on the vector type through a Transcendentals specialization),
+// the per-step and input GEMMs (panel_gemm.h), the weight gradients, the work shares per thread, the
+// inference projection's plan and the pass's buffers (buffer_cache.h). Why each threshold is what it is:
+// benchmarks/README.md's profile notes (numbered there).
 //
-// Compiled once per instruction set: pointwise_cpu.cpp (baseline), pointwise_cpu_avx2.cpp and
-// pointwise_cpu_avx512.cpp define LSTM_EXT_CPU_VARIANT (the namespace) and include this file;
+// Compiled once per instruction set: cpu_backend.cpp (baseline), cpu_backend_avx2.cpp and
+// cpu_backend_avx512.cpp define LSTM_EXT_CPU_VARIANT (the namespace) and include this file;
 // cpu_step_kernels() picks one at run time. Include only from those files.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -20,14 +23,14 @@
 #include "../lstm_math.h"
 #include "../step_kernels.h"
 #include "blas_gemm.h"
-#include "huge_page_allocator.h"
+#include "buffer_cache.h"
 #include "panel_gemm.h"
 #include "spin_barrier.h"
 #include "vector_exp.h"
 #include "weight_grad_gemm.h"
 
 #ifndef LSTM_EXT_CPU_VARIANT
-#error "define LSTM_EXT_CPU_VARIANT before including pointwise_cpu_kernels.h"
+#error "define LSTM_EXT_CPU_VARIANT before including cpu_backend.h"
 #endif
 
 namespace lstm_ext {
@@ -538,22 +541,15 @@ class CpuStepKernels final : public StepKernels {
     return 1;
 #endif
   }
-  // Per share and step (measured in one process, 2 threads, T=128, B=1): H=96 and 128 (18K and 33K MACs
-  // per share) 10-30% faster split; H=64 (8K) even; H=32 (2K) 15% slower, the meeting costing more than
-  // the half step it saves. H=256 and 512 gain 0-13%: their weights stream from L3 either way.
+  // Below this a share's half step costs less than the meeting at the barrier (profile note 13).
   static constexpr int64_t kMinSplitMacs = int64_t{1} << 14;
-  // Where a chunk's own per-step input projection pays (measured in one process, 2 threads, inference):
-  // T=128, B=32 and 128, H=256: 9-12% faster; T=100, B=64, H=512: 2%; T=128, B=128, H=64: 5%; but
-  // T=128, B=32, H=64 (16 rows x 64 x 256 per step) 7% slower, the per-step call costs outweighing it.
+  // Where a chunk's own per-step input projection pays for its per-step calls (profile note 12).
   static constexpr int64_t kMinChunkProjectionRows = 8;
   static constexpr int64_t kMinChunkProjectionMacs = int64_t{1} << 20;
   static constexpr int64_t kProjectionBlockBytes = int64_t{4} << 20;
   static constexpr int64_t kMinMacsPerTask = 32768;
-  // W read in place (row stride n) puts a panel's rows of W n floats apart, and at n = 256 all of them
-  // in 4 of L1's 64 sets: blocks of 4-6 rows, reading one panel at a time, miss L1 on every row of it.
-  // Packed, the backward at T=128, H=256 runs 5-19% faster for B=8..128 (measured in one process). Blocks
-  // of 1-3 rows read several adjacent panels, a contiguous run of W's row, and a product over few rows in
-  // all does not repay the copy (T=16, B=1, H=256: 14% slower packed): those read W in place.
+  // W read in place puts a panel's rows in few L1 sets, which blocks of 4-6 rows miss on every row; blocks
+  // of 1-3 rows read adjacent panels, and few rows in all do not repay the copy (profile note 14).
   static constexpr int64_t kMinRowsToPack = 4;
   static constexpr int64_t kMinTotalRowsToPack = 384;
   // op(W) = W^T is read in place where a pass makes at most this many passes over W in all (products times

@@ -1,7 +1,7 @@
-// pointwise_cpu.cpp -- the CPU step kernels for the baseline instruction set, and the run-time choice
-// between them and the AVX2 and AVX-512 builds (pointwise_cpu_avx2.cpp, pointwise_cpu_avx512.cpp).
+// cpu_backend.cpp -- the CPU step kernels for the baseline instruction set, and the run-time choice
+// between them and the AVX2 and AVX-512 builds (cpu_backend_avx2.cpp, cpu_backend_avx512.cpp).
 #define LSTM_EXT_CPU_VARIANT baseline
-#include "pointwise_cpu_kernels.h"
+#include "cpu_backend.h"
 
 #include <ATen/Version.h>
 
