@@ -29,10 +29,8 @@ namespace panel_gemm {
 
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kPanelWidth = 2 * Vec::size();
-// The main block: kMaxRows rows by kMainPanels panels. With AVX-512, 6 rows by 2 panels (24 accumulators,
-// 4 panel vectors and 6 broadcasts per 24 FMAs) ran at 112-116 GFLOP/s on one Zen 4 core where 12 rows by
-// one panel (2 panel vectors and 12 broadcasts per 24 FMAs) ran at 104-110 (a [48-64, k] x [k, 384-2048]
-// product, k = 64-512, timed alone); at k = 1024, 116 against 85.
+// The main block: kMaxRows rows by kMainPanels panels. With AVX-512, 6 rows by 2 panels loads fewer panel
+// vectors and broadcasts per FMA than 12 rows by one, and ran faster (profile note 18).
 #ifdef CPU_CAPABILITY_AVX512
 constexpr int kRegisters = 32;   // zmm0-31
 constexpr int kMaxRows = 6;      // 6 x 4 accumulators, 6 broadcasts and a panel vector: 31 of 32
@@ -59,12 +57,12 @@ constexpr int tail_panels(int rows) {
   return panels;
 }
 
-// k per pass over the panels (see panel_rows). Measured in one process, 2 threads: the backward's k = 4H
-// products gain 6-9% from blocks of 256 or 512; the forward at k = 512 (H = 512) loses 7% with 256.
+// k per pass over the panels (see panel_rows): a panel's block of k stays in L1 next to the rows
+// (profile note 10).
 constexpr int64_t kDepthBlock = 512;
 
 // dst[0, count) = src[0, count), whole vectors first: std::copy_n calls memmove, whose call cost showed
-// (4% of a T=16, B=32, H=256 training step) at these sizes (a panel's row is 16 or 32 floats). The empty
+// in small steps at these sizes (a panel's row is 16 or 32 floats). The empty
 // asm keeps GCC from turning the loop back into a memmove call.
 inline void copy_floats(const float* src, int64_t count, float* dst) {
   int64_t i = 0;

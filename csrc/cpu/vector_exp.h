@@ -1,7 +1,7 @@
 // vector_exp.h -- exp over a vector of floats, inline, for the gate math's sigmoid and tanh in the AVX2
-// and AVX-512 builds. ATen's Vectorized<float>::exp calls Sleef's expf out of line: at H = 64 that call
-// was ~5% of a training step's samples, and this inline exp made such steps 3-9% faster (measured in one
-// process), with sigmoid and tanh as accurate as on Sleef's (tests/test_activations.py).
+// and AVX-512 builds: ATen's Vectorized<float>::exp calls Sleef's expf out of line, a call that showed in
+// small steps' profiles (benchmarks/README.md); sigmoid and tanh stay as accurate as on Sleef's
+// (tests/test_activations.py).
 //
 // Cephes' expf: x = n ln2 + r with n = round(x / ln2) and ln2 in two parts (the first has 9 significant
 // bits, so n times it is exact and r carries no rounding of n ln2), e^r = 1 + (r + r^2 P(r)) with a

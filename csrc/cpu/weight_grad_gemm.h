@@ -30,11 +30,10 @@ constexpr int64_t kDepthBlock = 256;  // k per packed block: b's [n / 32][256][3
 constexpr int64_t kRowBlock = 96;     // out's rows per pass over b's panels
 // a's k block for kRowBlock rows of out, copied: [256][104] floats, 104 KiB (a stride of 416 bytes).
 constexpr int64_t kCopyStride = kRowBlock + 8;
-// Measured in one process (the backward op alone, 2 threads): copied, H = 256 4-7% faster than read in
-// place, but H = 64 (n = 64) 4-8% slower; in place at H = 256 on a par with MKL, at H = 64 9-13% faster.
+// a copied per k block pays from this many columns of out; below, reading it in place is faster.
 constexpr int64_t kMinColumnsToCopyA = 128;
-// b read in place rather than packed per k block (each thread packs all of b, for few rows of out at
-// small H): T=512, B=128, H=64 backward 5% faster (n = 64), others within noise.
+// b read in place rather than packed per k block up to this width: each thread would pack all of b for
+// few rows of out (measurements: benchmarks/README.md's profile notes).
 constexpr int64_t kMaxColumnsInPlace = 128;
 
 // Rows [kb, kb + depth) of b [*, n] as panels [panel_count(n)][depth][kPanelWidth], zero past column n.
