@@ -36,14 +36,20 @@ class SentimentClassifier(nn.Module):
         num_classes: number of logits per sequence.
         padding_idx: the token id of padding; its embedding stays zero and receives no gradient.
         lstm: "fused" for lstm_ext.LSTM, "torch" for torch.nn.LSTM.
+        **lstm_options: further keyword arguments of lstm_ext.LSTM (forget_bias, recurrent_dropout, zoneout,
+            layer_norm, peephole), passed to it as they are; lstm="fused" only.
     """
 
     def __init__(self, vocab_size: int, embed_dim: int, hidden_size: int, num_layers: int = 1,
                  bidirectional: bool = False, dropout: float = 0.0, num_classes: int = 2, padding_idx: int = 0,
-                 lstm: str = "fused") -> None:
+                 lstm: str = "fused", **lstm_options) -> None:
         super().__init__()
         if lstm not in LSTM_IMPLEMENTATIONS:
             raise ValueError(f"lstm must be one of {sorted(LSTM_IMPLEMENTATIONS)}, got {lstm!r}")
+        if lstm_options and lstm != "fused":
+            raise ValueError(f"lstm={lstm!r} (torch.nn.LSTM) takes none of lstm_ext.LSTM's options, got "
+                             f"{', '.join(f'{name}={value!r}' for name, value in lstm_options.items())}; "
+                             f"they need lstm='fused'")
         self.num_layers = num_layers
         self.num_directions = 2 if bidirectional else 1
         self.hidden_size = hidden_size
@@ -51,7 +57,7 @@ class SentimentClassifier(nn.Module):
         # Dropout inside the LSTM only acts between layers; a one-layer LSTM would just warn about it.
         self.lstm = LSTM_IMPLEMENTATIONS[lstm](embed_dim, hidden_size, num_layers=num_layers, batch_first=True,
                                                bidirectional=bidirectional,
-                                               dropout=dropout if num_layers > 1 else 0.0)
+                                               dropout=dropout if num_layers > 1 else 0.0, **lstm_options)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.num_directions * hidden_size, num_classes)
 

@@ -1,9 +1,11 @@
 """examples/imdb: the data pipeline, the download (from local files only), train.py end to end, a
-two-process torchrun run against one process, and predict.py; all on small data made here in the
-aclImdb layout."""
+two-process torchrun run against one process, predict.py, the training curves (PNG, TensorBoard) and
+the LSTM variant flags; all on small data made here in the aclImdb layout."""
 
 import http.server
+import importlib.util
 import json
+import math
 import os
 import re
 import subprocess
@@ -13,41 +15,49 @@ import threading
 from functools import partial
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
+from PIL import Image
 
 from lstm_ext.models import SentimentClassifier
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_DIR = REPO / "examples" / "imdb"
 sys.path.insert(0, str(EXAMPLE_DIR))
-import data as imdb_data  # noqa: E402  (the example's modules import each other by their plain names)
+import checkpoints as imdb_checkpoints  # noqa: E402  (the example's modules import each other by their plain names)
+import data as imdb_data  # noqa: E402
 import synthetic  # noqa: E402
+import train as imdb_train  # noqa: E402
 
 SUBPROCESS_TIMEOUT = 180  # seconds; a hung process group fails the test instead of the whole run
 TINY_MODEL = ["--embed-dim", "8", "--hidden-size", "8", "--layers", "1", "--device", "cpu", "--log-interval", "1"]
 METRIC_KEYS = {"accuracy", "precision", "recall", "f1"}
+HISTORY_KEYS = ["epoch", "train_loss", "val_accuracy"]
 
 
-def run_example(command, cwd, stdin=None):
-    """Runs a command of the example (a script of examples/imdb, or torchrun) and returns its stdout."""
+def run_example(command, cwd, stdin=None, python_path=()):
+    """Runs a command of the example (a script of examples/imdb, or torchrun) and returns its stdout.
+
+    python_path: folders searched before the repository and the caller's PYTHONPATH."""
     # One thread: the models here are tiny, and threads spinning against other busy processes on a small
     # machine slow a run down tenfold. (torchrun sets the same for its workers.)
     env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+               PYTHONPATH=os.pathsep.join(filter(None, [*map(str, python_path), str(REPO),
+                                                        os.environ.get("PYTHONPATH")])))
     result = subprocess.run(command, cwd=cwd, env=env, input=stdin, capture_output=True, text=True,
                             timeout=SUBPROCESS_TIMEOUT)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
     return result.stdout
 
 
-def train(data_dir, out_dir, *options, processes=None):
+def train(data_dir, out_dir, *options, processes=None, python_path=()):
     script = str(EXAMPLE_DIR / "train.py")
     command = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                 script] if processes else [sys.executable, script])
     command += ["--data-dir", str(data_dir), "--out", str(out_dir), "--metrics-out", str(out_dir / "metrics.json"),
                 *options]
-    return run_example(command, cwd=out_dir.parent)
+    return run_example(command, cwd=out_dir.parent, python_path=python_path)
 
 
 def load_checkpoint(out_dir):
@@ -253,7 +263,8 @@ def test_train_runs_one_short_epoch_and_writes_a_checkpoint_and_metrics(tmp_path
     assert "epoch 1/1: train loss" in stdout and "test (best epoch, 1): accuracy" in stdout
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == METRIC_KEYS and all(0 <= value <= 1 for value in metrics.values())
+    assert set(metrics) == METRIC_KEYS | {"history"} and all(0 <= metrics[key] <= 1 for key in METRIC_KEYS)
+    assert metrics["history"]["epoch"] == [1]
     checkpoint = load_checkpoint(out)
     assert checkpoint["epoch"] == 1 and checkpoint["args"]["lstm"] == lstm and checkpoint["args"]["hidden_size"] == 8
     assert checkpoint["vocab"][:2] == ["<pad>", "<unk>"] and checkpoint["model_config"]["vocab_size"] == len(
@@ -311,8 +322,10 @@ def test_two_torchrun_processes_train_like_one_process_on_the_same_global_batche
     train(small_data, one, *options, "--batch-size", "8")
 
     assert "2 process(es) on cpu" in two_stdout
-    assert two_stdout.count("wrote ") == 1 and two_stdout.count("test (best epoch") == 1  # rank 0 only
-    assert sorted(path.name for path in two.iterdir()) == ["best.pt", "last.pt", "metrics.json"]
+    # Rank 0 only: one test line, and the metrics file and the curves written once each.
+    assert two_stdout.count("wrote ") == 2 and two_stdout.count("test (best epoch") == 1
+    assert two_stdout.count(f"wrote {two / 'metrics.png'}") == 1
+    assert sorted(path.name for path in two.iterdir()) == ["best.pt", "last.pt", "metrics.json", "metrics.png"]
     two_checkpoint, one_checkpoint = load_checkpoint(two), load_checkpoint(one)
     torch.manual_seed(3)
     initial = SentimentClassifier(**one_checkpoint["model_config"]).state_dict()
@@ -322,4 +335,192 @@ def test_two_torchrun_processes_train_like_one_process_on_the_same_global_batche
     # The test set (41 reviews) splits unevenly over the processes; the summed counts must still agree.
     two_metrics = json.loads((two / "metrics.json").read_text())
     one_metrics = json.loads((one / "metrics.json").read_text())
+    two_history, one_history = two_metrics.pop("history"), one_metrics.pop("history")
     assert two_metrics == pytest.approx(one_metrics)
+    # The epoch's loss is averaged over both processes' reviews: the single process's.
+    assert two_history["epoch"] == one_history["epoch"] == [1]
+    for key in ("train_loss", "val_accuracy"):
+        assert two_history[key] == pytest.approx(one_history[key]), key
+
+
+# ------------------------------------------------------------------------------------ training curves
+
+TAB_BLUE, TAB_GREEN = (31, 119, 180), (44, 160, 44)  # the loss and the accuracy lines' colours (curves.py)
+EPOCH_LINE = re.compile(r"epoch (\d+)/\d+: train loss ([0-9.]+), validation accuracy ([0-9.]+)")
+
+
+@pytest.fixture(scope="module")
+def curves_run(tmp_path_factory, small_data):
+    """Three epochs with --tensorboard (whether or not tensorboard is installed here)."""
+    out = tmp_path_factory.mktemp("curves") / "run"
+    stdout = train(small_data, out, *TINY_MODEL, "--epochs", "3", "--batch-size", "16", "--lr", "0.01",
+                   "--tensorboard", str(out.parent / "tensorboard"))
+    return out, stdout
+
+
+def test_metrics_hold_each_epochs_loss_and_validation_accuracy(curves_run):
+    out, stdout = curves_run
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert list(history) == HISTORY_KEYS and history["epoch"] == [1, 2, 3]
+    printed = [(int(epoch), float(loss), float(accuracy)) for epoch, loss, accuracy in EPOCH_LINE.findall(stdout)]
+    assert [epoch for epoch, _, _ in printed] == history["epoch"]
+    for (_, loss, accuracy), logged_loss, logged_accuracy in zip(printed, history["train_loss"],
+                                                                 history["val_accuracy"]):
+        assert logged_loss == pytest.approx(loss, abs=5e-5) and logged_accuracy == pytest.approx(accuracy, abs=5e-5)
+    assert history["train_loss"][-1] < history["train_loss"][0]  # it trained (lr 0.01 on a learnable signal)
+
+
+def test_the_curves_png_is_drawn_from_the_history(curves_run):
+    out, stdout = curves_run
+    path = out / "metrics.png"  # beside metrics.json, its name
+    assert f"wrote {path}" in stdout
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        image.verify()  # the chunks' checksums and structure
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (900, 360)
+        history = json.loads((out / "metrics.json").read_text())["history"]
+        assert json.loads(image.text["Description"]) == history
+        pixels = numpy.asarray(image.convert("RGB"))
+        colours = {colour: int((pixels == colour).all(axis=-1).sum()) for colour in (TAB_BLUE, TAB_GREEN)}
+    # Both curves are drawn: the markers of three epochs are solid discs of the lines' colours.
+    assert colours[TAB_BLUE] > 3 * 20 and colours[TAB_GREEN] > 3 * 20, colours
+
+
+def test_the_curves_go_into_out_without_a_metrics_file(tmp_path, small_data):
+    out = tmp_path / "run"
+    command = [sys.executable, str(EXAMPLE_DIR / "train.py"), "--data-dir", str(small_data), "--out", str(out),
+               *TINY_MODEL, "--epochs", "1", "--batch-size", "16"]
+    stdout = run_example(command, cwd=tmp_path)
+    assert f"wrote {out / 'training_curves.png'}" in stdout
+    with Image.open(out / "training_curves.png") as image:
+        assert json.loads(image.text["Description"])["epoch"] == [1]
+
+
+def test_the_history_carries_over_a_resumed_run(tmp_path, small_data):
+    out = tmp_path / "run"
+    options = [*TINY_MODEL, "--epochs", "1", "--batch-size", "16"]
+    train(small_data, out, *options)
+    first = json.loads((out / "metrics.json").read_text())["history"]
+    train(small_data, out, "--resume", "--epochs", "2")
+    resumed = json.loads((out / "metrics.json").read_text())["history"]
+    assert resumed["epoch"] == [1, 2]
+    assert {key: values[:1] for key, values in resumed.items()} == first
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None,
+                    reason="the tensorboard package is not installed: torch.utils.tensorboard cannot write logs")
+def test_tensorboard_logs_each_epoch_and_the_test_metrics(curves_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, stdout = curves_run
+    log_dir = out.parent / "tensorboard"
+    assert f"wrote TensorBoard logs to {log_dir}" in stdout
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    metrics = json.loads((out / "metrics.json").read_text())
+    history = metrics["history"]
+    for tag, values in (("train/loss", history["train_loss"]), ("validation/accuracy", history["val_accuracy"])):
+        scalars = events.Scalars(tag)
+        assert [scalar.step for scalar in scalars] == history["epoch"]
+        assert [scalar.value for scalar in scalars] == pytest.approx(values, rel=1e-6)
+    best_epoch = load_checkpoint(out)["epoch"]
+    for name in METRIC_KEYS:
+        (scalar,) = events.Scalars(f"test/{name}")
+        assert scalar.step == best_epoch and scalar.value == pytest.approx(metrics[name], rel=1e-6)
+
+
+def test_tensorboard_missing_is_said_and_training_goes_on(tmp_path, small_data):
+    # A tensorboard package that fails to import, as torch.utils.tensorboard sees a missing one.
+    blocker = tmp_path / "no-tensorboard" / "tensorboard"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('No module named tensorboard (blocked by the test)')\n")
+    out = tmp_path / "run"
+    log_dir = tmp_path / "tensorboard"
+    stdout = train(small_data, out, *TINY_MODEL, "--epochs", "1", "--batch-size", "16", "--tensorboard",
+                   str(log_dir), python_path=[blocker.parent])
+    assert (f"note: --tensorboard {log_dir}: not logging, the tensorboard package is not installed "
+            "(pip install tensorboard)") in stdout
+    assert "test (best epoch, 1)" in stdout and (out / "metrics.png").is_file() and not log_dir.exists()
+
+
+# --------------------------------------------------------------------------------------- LSTM variants
+
+VARIANT_FLAGS = ["--recurrent-dropout", "0.2", "--zoneout", "0.1", "--layer-norm", "--peephole", "--forget-bias", "1.0"]
+VARIANT_OPTIONS = {"recurrent_dropout": 0.2, "zoneout": 0.1, "layer_norm": True, "peephole": True, "forget_bias": 1.0}
+
+
+def parse_train_args(*argv):
+    return imdb_train.parse_args(["--data-dir", "unused", *argv])
+
+
+def test_variant_flags_parse_into_the_lstm_options_and_defaults_pass_none():
+    _, args, _ = parse_train_args(*VARIANT_FLAGS)
+    assert imdb_train.lstm_variant_options(args) == VARIANT_OPTIONS
+    _, args, _ = parse_train_args()
+    assert imdb_train.lstm_variant_options(args) == {}  # a plain model: lstm_ext.LSTM gets no new arguments
+    _, args, _ = parse_train_args("--zoneout", "0.1")
+    assert imdb_train.lstm_variant_options(args) == {"zoneout": 0.1}
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--recurrent-dropout", "1", r"--recurrent-dropout must be in \[0, 1\), got 1.0"),
+    ("--zoneout", "-0.1", r"--zoneout must be in \[0, 1\], got -0.1")])
+def test_variant_rates_out_of_range_are_refused(capsys, flag, value, message):
+    with pytest.raises(SystemExit):
+        parse_train_args(flag, value)
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_variant_flags_with_the_torch_lstm_are_refused_before_any_data_is_read(capsys):
+    with pytest.raises(SystemExit):
+        imdb_train.main(["--data-dir", "/nonexistent", "--lstm", "torch", "--layer-norm", "--zoneout", "0.1"])
+    assert ("--zoneout 0.1, --layer-norm: lstm_ext.LSTM's variants, which --lstm torch (torch.nn.LSTM) does not "
+            "have; use --lstm fused") in capsys.readouterr().err
+
+
+def test_variant_flags_an_lstm_without_them_cannot_take_fail_with_a_clear_error(capsys):
+    parser, args, _ = parse_train_args("--layer-norm", "--forget-bias", "1.0")
+    with pytest.raises(SystemExit):
+        # torch.nn.LSTM stands in for an lstm_ext.LSTM built before the variants: it has none of them.
+        imdb_train.check_lstm_variants(args, parser, lstm_class=torch.nn.LSTM)
+    error = capsys.readouterr().err
+    assert "--forget-bias 1.0, --layer-norm: the installed lstm_ext" in error and "has no such LSTM option" in error
+
+
+def test_variant_flags_reach_the_lstm_of_the_saved_model(tmp_path, small_data):
+    out = tmp_path / "run"
+    # lr 0: the saved weights are the initial ones, so the forget-gate bias shows --forget-bias.
+    train(small_data, out, *TINY_MODEL, *VARIANT_FLAGS, "--epochs", "1", "--batch-size", "16", "--lr", "0")
+    checkpoint = load_checkpoint(out)
+    assert {name: checkpoint["model_config"][name] for name in VARIANT_OPTIONS} == VARIANT_OPTIONS
+    assert {name: checkpoint["args"][name] for name in VARIANT_OPTIONS} == VARIANT_OPTIONS
+    model = SentimentClassifier(**checkpoint["model_config"])
+    model.load_state_dict(checkpoint["model_state"])  # strict: the variants' parameters are all there
+    assert {name: getattr(model.lstm, name) for name in VARIANT_OPTIONS} == VARIANT_OPTIONS
+    state = checkpoint["model_state"]
+    assert {"lstm.weight_peephole_l0", "lstm.layer_norm_weight_ih_l0", "lstm.layer_norm_bias_c_l0"} <= set(state)
+    hidden, bound = 8, 1 / math.sqrt(8)
+    forget_bias = state["lstm.bias_ih_l0"][hidden:2 * hidden]
+    others = torch.cat([state["lstm.bias_ih_l0"][:hidden], state["lstm.bias_ih_l0"][2 * hidden:]])
+    assert forget_bias.sub(1.0).abs().max() <= bound and others.abs().max() <= bound
+    # The same weights on torch.nn.LSTM would compute something else: refused with a clear error.
+    with pytest.raises(imdb_checkpoints.CheckpointError, match="torch.nn.LSTM does not have"):
+        imdb_checkpoints.build_model(checkpoint, out / "best.pt", lstm="torch")
+
+    # Fine-tuning keeps the architecture and may change the regularisation.
+    tuned = tmp_path / "tuned"
+    train(small_data, tuned, "--init-from", str(out / "best.pt"), "--zoneout", "0.3", "--recurrent-dropout", "0",
+          "--epochs", "1", "--batch-size", "16", "--device", "cpu")
+    tuned_config = load_checkpoint(tuned)["model_config"]
+    assert {name: tuned_config.get(name) for name in VARIANT_OPTIONS} == dict(
+        VARIANT_OPTIONS, zoneout=0.3, recurrent_dropout=None)
+
+
+def test_the_classifier_passes_lstm_options_to_lstm_ext_only():
+    with pytest.raises(ValueError, match=r"lstm='torch' \(torch.nn.LSTM\) takes none of lstm_ext.LSTM's options, "
+                                         r"got layer_norm=True, zoneout=0.1"):
+        SentimentClassifier(10, 4, 4, lstm="torch", layer_norm=True, zoneout=0.1)
+    model = SentimentClassifier(10, 4, 4, lstm="fused", layer_norm=True, zoneout=0.1)
+    assert model.lstm.layer_norm is True and model.lstm.zoneout == 0.1
+    assert "layer_norm_weight_c_l0" in dict(model.lstm.named_parameters())

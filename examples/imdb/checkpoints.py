@@ -18,6 +18,9 @@ import torch
 from lstm_ext.models import SentimentClassifier
 
 MODEL_KEYS = ("model_config", "model_state", "vocab", "args")
+# lstm_ext.LSTM's variant options and their defaults; a model_config holds those of its model that differ.
+LSTM_VARIANT_OPTIONS = {"forget_bias": 0.0, "recurrent_dropout": 0.0, "zoneout": 0.0, "layer_norm": False,
+                        "peephole": False}
 TRAINING_STATE_KEYS = ("epoch", "optimizer_state", "scheduler_state", "rng_states", "best")
 
 
@@ -90,13 +93,22 @@ def _zip_damage(path) -> str | None:
     return f"{member} fails its checksum" if member else None
 
 
-def build_model(checkpoint: dict, path, **overrides) -> SentimentClassifier:
+def build_model(checkpoint: dict, path, lstm_options: dict | None = None, **overrides) -> SentimentClassifier:
     """The checkpoint's model with its weights, on the CPU.
 
     ``overrides`` change options that leave the weights as they are: ``lstm`` (the same parameters run
-    on either LSTM) and ``dropout``; None values are ignored.
+    on either LSTM) and ``dropout``; None values are ignored. ``lstm_options``, when given, are the LSTM
+    variant options to build with instead of the checkpoint's (fine-tuning may change the dropouts).
     """
     config = dict(checkpoint["model_config"], **{name: value for name, value in overrides.items() if value is not None})
+    if lstm_options is not None:
+        config = {name: value for name, value in config.items() if name not in LSTM_VARIANT_OPTIONS}
+        config.update(lstm_options)
+    variants = {name: config[name] for name in LSTM_VARIANT_OPTIONS if name in config}
+    if variants and config.get("lstm") != "fused":
+        raise CheckpointError(f"{path}: the model uses lstm_ext.LSTM's variants "
+                              f"({', '.join(f'{name}={value}' for name, value in variants.items())}), which "
+                              f"torch.nn.LSTM does not have: run it with the fused LSTM (--lstm fused)")
     try:
         model = SentimentClassifier(**config)
         model.load_state_dict(checkpoint["model_state"])

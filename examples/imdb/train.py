@@ -6,6 +6,7 @@
     python train.py --embeddings glove.6B.100d.txt --embed-dim 100 --freeze-embeddings --unfreeze-after 2
     python train.py --init-from checkpoints/best.pt --data-dir /path/to/other/aclImdb --warmup-steps 100
     python train.py --out checkpoints --resume       # continue an interrupted run from checkpoints/last.pt
+    python train.py --layer-norm --zoneout 0.1 --tensorboard runs/ln-zoneout   # lstm_ext's LSTM variants
 
 Under torchrun every process trains on its own shard of each global batch (--batch-size reviews) and
 DistributedDataParallel averages the gradients (nccl on GPUs, gloo on the CPU); metrics are summed over
@@ -15,9 +16,14 @@ Two checkpoints are kept in --out: best.pt, the model of the best validation acc
 and --init-from read), and last.pt, written after every epoch with everything --resume needs to carry on
 where the run stopped: the model, the optimizer, the learning-rate schedule, the epoch, the random number
 generators of every process and the best model so far.
+
+The training curves (loss and validation accuracy per epoch) are drawn as a PNG next to --metrics-out
+(metrics.json -> metrics.png; without --metrics-out, training_curves.png in --out), listed in the
+metrics file, and with --tensorboard DIR also logged for TensorBoard when the tensorboard package is there.
 """
 
 import argparse
+import inspect
 import json
 import os
 import random
@@ -32,20 +38,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import lstm_ext
 from lstm_ext.models import SentimentClassifier
 
-from checkpoints import CheckpointError, build_model, load_checkpoint, save_atomically
+from checkpoints import LSTM_VARIANT_OPTIONS, CheckpointError, build_model, load_checkpoint, save_atomically
+from curves import TensorBoardLog, empty_history, plot_training_curves
 from data import (LABEL_NAMES, PAD_ID, BucketBatchSampler, Vocabulary, default_cache_dir, download_imdb, load_imdb,
                   pad_batch, read_word_vectors, vector_coverage)
 
 # With --init-from, the vocabulary and the architecture are the checkpoint's: these may not differ from it,
-FROM_CHECKPOINT = ("embed_dim", "hidden_size", "layers", "bidirectional", "vocab_size", "min_freq")
+FROM_CHECKPOINT = ("embed_dim", "hidden_size", "layers", "bidirectional", "vocab_size", "min_freq", "forget_bias",
+                   "layer_norm", "peephole")
 # and these default to the checkpoint's but may be changed for the fine-tuning.
-DEFAULTS_FROM_CHECKPOINT = ("max_len", "dropout", "lstm")
+DEFAULTS_FROM_CHECKPOINT = ("max_len", "dropout", "lstm", "recurrent_dropout", "zoneout")
 # With --resume the run's own options are used; only these may be given anew: they leave the arithmetic
 # of the run as it was (--epochs only lets it run longer).
 RESUMABLE_CHANGES = ("resume", "epochs", "data_dir", "cache_dir", "device", "workers", "log_interval", "out",
-                     "metrics_out")
+                     "metrics_out", "tensorboard")
 
 
 def build_parser():
@@ -81,7 +90,24 @@ def build_parser():
     parser.add_argument("--log-interval", type=int, default=20, help="steps between progress bar updates")
     parser.add_argument("--out", default="checkpoints",
                         help="folder for the best checkpoint (best.pt) and the last one (last.pt)")
-    parser.add_argument("--metrics-out", help="write the test metrics to this JSON file")
+    parser.add_argument("--metrics-out", help="write the test metrics and the per-epoch history to this JSON file, "
+                                              "and the training curves next to it (same name, .png)")
+    parser.add_argument("--tensorboard", metavar="DIR",
+                        help="also log the training curves for TensorBoard into DIR (needs the tensorboard package)")
+
+    variants = parser.add_argument_group("LSTM variants (lstm_ext.LSTM only, --lstm fused; all off by default)")
+    variants.add_argument("--recurrent-dropout", type=float, default=LSTM_VARIANT_OPTIONS["recurrent_dropout"],
+                          metavar="P", help="in training, drop units of h_{t-1} on the recurrent input with "
+                                            "probability P, one mask per sequence")
+    variants.add_argument("--zoneout", type=float, default=LSTM_VARIANT_OPTIONS["zoneout"], metavar="P",
+                          help="in training, each unit of c and h keeps its previous value with probability P, "
+                               "drawn afresh every step (evaluation uses the expectation)")
+    variants.add_argument("--layer-norm", action="store_true",
+                          help="layer normalisation of the gates' two products and of the cell (more parameters)")
+    variants.add_argument("--forget-bias", type=float, default=LSTM_VARIANT_OPTIONS["forget_bias"], metavar="F",
+                          help="added to the forget gates' initial bias")
+    variants.add_argument("--peephole", action="store_true",
+                          help="peephole connections from the cell to the input, forget and output gates")
 
     pretrained = parser.add_argument_group("pretrained word vectors")
     pretrained.add_argument("--embeddings", metavar="PATH",
@@ -119,6 +145,10 @@ def parse_args(argv=None):
         parser.error("--embeddings and --init-from exclude each other: fine-tuning keeps the checkpoint's embeddings")
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
+    if not 0 <= args.recurrent_dropout < 1:
+        parser.error(f"--recurrent-dropout must be in [0, 1), got {args.recurrent_dropout}")
+    if not 0 <= args.zoneout <= 1:
+        parser.error(f"--zoneout must be in [0, 1], got {args.zoneout}")
     return parser, args, given
 
 
@@ -130,9 +160,15 @@ def option_text(name, value):
     return f"--{flag} {value}"
 
 
+def saved_options(checkpoint, parser):
+    """A checkpoint's options, with the defaults of those its train.py did not have yet (the LSTM variants,
+    --tensorboard)."""
+    return {**vars(parser.parse_args([])), **checkpoint["args"]}
+
+
 def take_options_from(checkpoint, args, given, parser):
     """--init-from: the checkpoint's vocabulary and architecture options replace ours; a differing one is an error."""
-    saved = checkpoint["args"]
+    saved = saved_options(checkpoint, parser)
     conflicts = [f"{option_text(name, given[name])} (the checkpoint has {option_text(name, saved[name])})"
                  for name in FROM_CHECKPOINT if name in given and given[name] != saved[name]]
     if conflicts:
@@ -144,7 +180,7 @@ def take_options_from(checkpoint, args, given, parser):
 
 def resumed_args(checkpoint, path, given, parser):
     """--resume: the interrupted run's options, with the few that may change taken from the command line."""
-    saved = checkpoint["args"]
+    saved = saved_options(checkpoint, parser)
     conflicts = [f"{option_text(name, value)} (the run has {option_text(name, saved.get(name))})"
                  for name, value in given.items() if name not in RESUMABLE_CHANGES and saved.get(name) != value]
     if conflicts:
@@ -152,6 +188,37 @@ def resumed_args(checkpoint, path, given, parser):
                      f"{'; '.join(conflicts)}. Only --{', --'.join(n.replace('_', '-') for n in RESUMABLE_CHANGES)} "
                      "may be given anew")
     return argparse.Namespace(**{**saved, **{name: given[name] for name in given if name in RESUMABLE_CHANGES}})
+
+
+def lstm_variant_options(args):
+    """The LSTM variant options that differ from their defaults: what the model passes to lstm_ext.LSTM.
+
+    Options left at their defaults are not passed at all, so that a plain model is built exactly as before
+    (and by an lstm_ext that has no variants).
+    """
+    return {name: getattr(args, name) for name, default in LSTM_VARIANT_OPTIONS.items()
+            if getattr(args, name) != default}
+
+
+def check_lstm_variants(args, parser, lstm_class=lstm_ext.LSTM):
+    """Errors, before any data is read, for variant options the chosen LSTM cannot take."""
+    options = lstm_variant_options(args)
+    if not options:
+        return
+    if args.lstm != "fused":
+        parser.error(f"{', '.join(option_text(name, value) for name, value in options.items())}: lstm_ext.LSTM's "
+                     f"variants, which --lstm {args.lstm} (torch.nn.LSTM) does not have; use --lstm fused")
+    accepted = inspect.signature(lstm_class).parameters
+    missing = [option_text(name, value) for name, value in options.items() if name not in accepted]
+    if missing:
+        parser.error(f"{', '.join(missing)}: the installed lstm_ext ({lstm_ext.__version__}, "
+                     f"{Path(lstm_ext.__file__).parent}) has no such LSTM option; it needs an lstm_ext built "
+                     f"with the LSTM variants")
+
+
+def curves_path(args):
+    """Where the training curves go: beside the metrics file (its name, .png), else into --out."""
+    return Path(args.metrics_out).with_suffix(".png") if args.metrics_out else Path(args.out) / "training_curves.png"
 
 
 def setup_distributed(device_name):
@@ -296,6 +363,7 @@ def main(argv=None):
         source_path = args.init_from
         init_checkpoint = load_checkpoint(source_path)
         take_options_from(init_checkpoint, args, given, parser)
+    check_lstm_variants(args, parser)
     if args.lr is None:
         args.lr = 1e-4 if args.init_from else 1e-3  # fine-tuning: small steps, not to undo what was learned
     rank, world_size, local_rank, device = setup_distributed(args.device)
@@ -334,11 +402,13 @@ def main(argv=None):
 
     model_config = {"vocab_size": len(vocab), "embed_dim": args.embed_dim, "hidden_size": args.hidden_size,
                     "num_layers": args.layers, "bidirectional": args.bidirectional, "dropout": args.dropout,
-                    "num_classes": len(LABEL_NAMES), "padding_idx": PAD_ID, "lstm": args.lstm}
+                    "num_classes": len(LABEL_NAMES), "padding_idx": PAD_ID, "lstm": args.lstm,
+                    **lstm_variant_options(args)}
     # The rows of the embedding that hold pretrained vectors (kept in last.pt, so --resume need not re-read them).
     pretrained_rows = torch.zeros(len(vocab), dtype=torch.bool)
     if source:
-        model = build_model(source, source_path, lstm=args.lstm, dropout=args.dropout).to(device)
+        model = build_model(source, source_path, lstm=args.lstm, dropout=args.dropout,
+                            lstm_options=lstm_variant_options(args)).to(device)
         pretrained_rows = source.get("pretrained_rows", pretrained_rows)
     else:
         model = SentimentClassifier(**model_config).to(device)
@@ -373,13 +443,14 @@ def main(argv=None):
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"{sum(p.numel() for p in model.parameters()):,} parameters, {trainable:,} of them trainable")
 
-    start_epoch, before_fine_tuning = 1, None
+    start_epoch, before_fine_tuning, history = 1, None, empty_history()
     best = {"epoch": 0, "val_accuracy": -1.0, "model_state": None}
     if resume_state:
         optimizer.load_state_dict(resume_state["optimizer_state"])
         scheduler.load_state_dict(resume_state["scheduler_state"])
         start_epoch, best = resume_state["epoch"] + 1, resume_state["best"]
         before_fine_tuning = resume_state.get("before_fine_tuning")
+        history = resume_state.get("history", history)
         # Last, so nothing above draws from the generators: the next epoch draws what it would have drawn.
         states = resume_state["rng_states"]
         if len(states) != world_size and is_main:
@@ -396,6 +467,7 @@ def main(argv=None):
                   f"test: {format_metrics(before_fine_tuning['test'])}")
 
     out = Path(args.out)
+    tensorboard = TensorBoardLog(args.tensorboard if is_main else None)
     for epoch in range(start_epoch, args.epochs + 1):
         train_sampler.set_epoch(epoch)
         if frozen_rows is not None:
@@ -407,6 +479,10 @@ def main(argv=None):
             print(f"epoch {epoch}/{args.epochs}: train loss {train_loss:.4f}, "
                   f"validation accuracy {val_metrics['accuracy']:.4f}, "
                   f"{seconds:.1f} s ({reviews / seconds:.0f} reviews/s)")
+        for key, value in (("epoch", epoch), ("train_loss", train_loss), ("val_accuracy", val_metrics["accuracy"])):
+            history[key].append(value)
+        if is_main:
+            tensorboard.log_epoch(epoch, train_loss, val_metrics["accuracy"])
         checkpoint = {"model_config": model_config, "model_state": cpu_copy(model.state_dict()),
                       "vocab": vocab.itos, "args": vars(args), "epoch": epoch,
                       "val_accuracy": val_metrics["accuracy"]}
@@ -422,7 +498,8 @@ def main(argv=None):
             # The best model goes in too: last.pt alone is enough to resume, whatever happened to best.pt.
             save_atomically({**checkpoint, "optimizer_state": optimizer.state_dict(),
                              "scheduler_state": scheduler.state_dict(), "rng_states": rng_states, "best": best,
-                             "pretrained_rows": pretrained_rows, "before_fine_tuning": before_fine_tuning},
+                             "pretrained_rows": pretrained_rows, "before_fine_tuning": before_fine_tuning,
+                             "history": history},
                             out / "last.pt")
 
     model.load_state_dict(best["model_state"])
@@ -433,10 +510,15 @@ def main(argv=None):
             print(f"test before fine-tuning: {format_metrics(before_fine_tuning['test'])}")
         if args.metrics_out:
             metrics = dict(test_metrics, **({"before_fine_tuning": before_fine_tuning["test"]}
-                                            if before_fine_tuning else {}))
+                                            if before_fine_tuning else {}), history=history)
             Path(args.metrics_out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.metrics_out).write_text(json.dumps(metrics, indent=2) + "\n")
             print(f"wrote {args.metrics_out}")
+        variants = "".join(f" {option_text(name, value)}" for name, value in lstm_variant_options(args).items())
+        plot_training_curves(history, curves_path(args), f"IMDB sentiment classifier, lstm={args.lstm}{variants}")
+        print(f"wrote {curves_path(args)}")
+        tensorboard.log_test(best["epoch"], test_metrics)
+        tensorboard.close()
     if dist.is_initialized():
         # All ranks tear down together: a rank that destroyed its gloo group while rank 0 was still
         # writing its files sometimes aborted at exit ("terminate called without an active exception").
