@@ -28,15 +28,15 @@ print(f"lstm_ext: building the {'CUDA' if with_cuda else 'CPU-only'} extension",
 
 class BuildExtensionWithIsaVariants(BuildExtension):
     """BuildExtension that first builds the instruction-set variants (with the compiler's own flags and
-    the extension's) and links their objects; they are also its dependencies, so a changed variant
-    relinks the module."""
+    the extension's) and links their objects. A module older than those objects is deleted, so that
+    setuptools, which compares only the sources' times with it, links it again."""
 
     def build_extension(self, ext):
         objects = build.build_isa_variant_objects(
             Path(self.build_temp).resolve() / "isa_variants", build.compile_args(with_cuda)["cxx"],
-            base_flags=list(self.compiler.compiler_so[1:]), verbose=self.verbose)
+            base_flags=list(self.compiler.compiler_so[1:]), stale_module=self.get_ext_fullpath(ext.name),
+            verbose=self.verbose)
         ext.extra_objects = list(ext.extra_objects or []) + objects
-        ext.depends = list(ext.depends or []) + objects
         super().build_extension(ext)
 
 
