@@ -153,7 +153,17 @@ class Stack {
   Stack(const Stack&) = delete;
   Stack& operator=(const Stack&) = delete;
   ~Stack() {
-    if (mapping_) munmap(mapping_, bytes_ + page_bytes());
+    if (mapping_) {
+      clear_shadow();
+      munmap(mapping_, bytes_ + page_bytes());
+    }
+  }
+  // A fiber left unfinished (or switched away from mid-frame) leaves its frames' redzones poisoned in
+  // ASan's shadow; cleared before the memory is reused, by another fiber or, once unmapped, by anyone.
+  void clear_shadow() const {
+#if LSTM_EXT_EMULATION_ASAN
+    if (mapping_) __asan_unpoison_memory_region(bottom(), bytes_);
+#endif
   }
 
   explicit operator bool() const { return mapping_ != nullptr; }
@@ -183,6 +193,7 @@ class StackPool {
     return stack;
   }
   void give(Stack stack) {
+    stack.clear_shadow();
     if (stack && stack.bytes() == bytes_ && free_.size() < kMaxKept) free_.push_back(std::move(stack));
   }
 
