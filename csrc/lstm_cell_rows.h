@@ -162,6 +162,7 @@ struct BackwardRow {
   S* grad_params;        // out: this row's terms of the parameter gradients: peephole [3H] at
                          // peephole_terms, LN(c)'s weight and bias [2H] at layer_norm_c_terms
   int64_t peephole_terms, layer_norm_c_terms;
+  int64_t grad_params_width;  // grad_params' columns
   const S* normalized_recurrent;  // layer norm: [4H]
   const S* stats;        // layer norm: [4]
   const S* peephole;
@@ -287,6 +288,51 @@ LSTM_CELL_ROW_FN void backward_row(const Exec& ex, const BackwardRow<S, A>& r) {
                                         V(rstd), V(mean_grad), V(mean_grad_normalized)));
     });
   }
+}
+
+template <typename T>
+LSTM_CELL_ROW_FN T* row_at(T* first, int64_t row, int64_t width) {
+  return first == nullptr ? nullptr : first + row * width;
+}
+
+// Row `row` of a step whose row 0 is `first`: every per-row buffer is contiguous rows of its width.
+template <typename S, typename A>
+LSTM_CELL_ROW_FN ForwardRow<S, A> forward_row_at(const ForwardRow<S, A>& first, int64_t row) {
+  const int64_t H = first.H;
+  ForwardRow<S, A> r = first;
+  r.gates = row_at(first.gates, row, 4 * H);
+  r.recurrent = row_at(first.recurrent, row, 4 * H);
+  r.stats = row_at(first.stats, row, 4);
+  r.c_prev = row_at(first.c_prev, row, H);
+  r.c = row_at(first.c, row, H);
+  r.h = row_at(first.h, row, H);
+  r.h_prev = row_at(first.h_prev, row, H);
+  r.zoneout_cell_mask = row_at(first.zoneout_cell_mask, row, H);
+  r.zoneout_hidden_mask = row_at(first.zoneout_hidden_mask, row, H);
+  return r;
+}
+
+template <typename S, typename A>
+LSTM_CELL_ROW_FN BackwardRow<S, A> backward_row_at(const BackwardRow<S, A>& first, int64_t row) {
+  const int64_t H = first.H;
+  BackwardRow<S, A> r = first;
+  r.gates = row_at(first.gates, row, 4 * H);
+  r.c = row_at(first.c, row, H);
+  r.c_prev = row_at(first.c_prev, row, H);
+  r.grad_h_out = row_at(first.grad_h_out, row, H);
+  r.grad_h_next = row_at(first.grad_h_next, row, H);
+  r.recurrent_mask = row_at(first.recurrent_mask, row, H);
+  r.carry = row_at(first.carry, row, H);
+  r.grad_c = row_at(first.grad_c, row, H);
+  r.grad_cells = row_at(first.grad_cells, row, H);
+  r.grad_gates = row_at(first.grad_gates, row, 4 * H);
+  r.grad_recurrent = row_at(first.grad_recurrent, row, 4 * H);
+  r.grad_params = row_at(first.grad_params, row, first.grad_params_width);
+  r.normalized_recurrent = row_at(first.normalized_recurrent, row, 4 * H);
+  r.stats = row_at(first.stats, row, 4);
+  r.zoneout_cell_mask = row_at(first.zoneout_cell_mask, row, H);
+  r.zoneout_hidden_mask = row_at(first.zoneout_hidden_mask, row, H);
+  return r;
 }
 
 }  // namespace cell_rows

@@ -19,6 +19,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../cell_step_rows.h"
 #include "../lstm_cell_rows.h"
 #include "../lstm_math.h"
 #include "../step_kernels.h"
@@ -156,87 +157,23 @@ struct RowExec {
   }
 };
 
-template <typename S>
-const S* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<S>() : nullptr;
-}
-
-template <typename S>
-S* row_or_null(const RowBlock& block, int64_t row) {
-  return block.data == nullptr ? nullptr : block.ptr<S>() + row * block.cols;
-}
-
-// The variants' forward step (lstm_cell_rows.h), a row at a time.
+// The variants' steps (lstm_cell_rows.h), a row at a time.
 template <typename S>
 void variant_forward_step(const ForwardStepArgs& args) {
-  using A = at::opmath_type<S>;
-  const CellParams& cell = *args.cell;
-  const int64_t B = args.c.rows, H = args.c.cols;
-  cell_rows::ForwardRow<S, A> base{};
-  base.H = H;
-  base.peephole = data_or_null<S>(cell.weight_peephole);
-  base.layer_norm_weight_hh = data_or_null<S>(cell.layer_norm_weight_hh);
-  base.layer_norm_weight_c = data_or_null<S>(cell.layer_norm_weight_c);
-  base.layer_norm_bias_c = data_or_null<S>(cell.layer_norm_bias_c);
-  base.zoneout_cell = static_cast<A>(cell.zoneout_cell);
-  base.zoneout_hidden = static_cast<A>(cell.zoneout_hidden);
-  base.zoneout_cell_on = cell.zoneout_cell_mask.defined() || cell.zoneout_cell != 0;
-  base.zoneout_hidden_on = cell.zoneout_hidden_active();
-  base.keep_gates = args.keep_gates;
-  for_row_tasks(B, row_grain(H), [&](int64_t row_begin, int64_t row_end) {
+  const auto first = first_forward_row<S>(args);
+  for_row_tasks(args.c.rows, row_grain(args.c.cols), [&](int64_t row_begin, int64_t row_end) {
     for (int64_t row = row_begin; row < row_end; ++row) {
-      cell_rows::ForwardRow<S, A> r = base;
-      r.gates = row_or_null<S>(args.gates, row);
-      r.recurrent = row_or_null<S>(args.recurrent, row);
-      r.stats = row_or_null<S>(args.stats, row);
-      r.c_prev = row_or_null<S>(args.c_prev, row);
-      r.c = row_or_null<S>(args.c, row);
-      r.h = row_or_null<S>(args.h, row);
-      r.h_prev = row_or_null<S>(args.h_prev, row);
-      r.zoneout_cell_mask = row_or_null<S>(args.zoneout_cell_mask, row);
-      r.zoneout_hidden_mask = row_or_null<S>(args.zoneout_hidden_mask, row);
-      cell_rows::forward_row(RowExec<S>{}, r);
+      cell_rows::forward_row(RowExec<S>{}, cell_rows::forward_row_at(first, row));
     }
   });
 }
 
 template <typename S>
 void variant_backward_step(const BackwardStepArgs& args) {
-  using A = at::opmath_type<S>;
-  const CellParams& cell = *args.cell;
-  const int64_t B = args.c.rows, H = args.c.cols;
-  cell_rows::BackwardRow<S, A> base{};
-  base.H = H;
-  base.peephole = data_or_null<S>(cell.weight_peephole);
-  base.layer_norm_weight_hh = data_or_null<S>(cell.layer_norm_weight_hh);
-  base.layer_norm_weight_c = data_or_null<S>(cell.layer_norm_weight_c);
-  base.layer_norm_bias_c = data_or_null<S>(cell.layer_norm_bias_c);
-  base.zoneout_cell = static_cast<A>(cell.zoneout_cell);
-  base.zoneout_hidden = static_cast<A>(cell.zoneout_hidden);
-  base.zoneout_cell_on = cell.zoneout_cell_mask.defined() || cell.zoneout_cell != 0;
-  base.zoneout_hidden_on = cell.zoneout_hidden_active();
-  base.peephole_terms = args.peephole_terms;
-  base.layer_norm_c_terms = args.layer_norm_c_terms;
-  for_row_tasks(B, row_grain(H), [&](int64_t row_begin, int64_t row_end) {
+  const auto first = first_backward_row<S>(args);
+  for_row_tasks(args.c.rows, row_grain(args.c.cols), [&](int64_t row_begin, int64_t row_end) {
     for (int64_t row = row_begin; row < row_end; ++row) {
-      cell_rows::BackwardRow<S, A> r = base;
-      r.gates = row_or_null<S>(args.gates, row);
-      r.c = row_or_null<S>(args.c, row);
-      r.c_prev = row_or_null<S>(args.c_prev, row);
-      r.grad_h_out = row_or_null<S>(args.grad_h_out, row);
-      r.grad_h_next = row_or_null<S>(args.grad_h_next, row);
-      r.recurrent_mask = row_or_null<S>(args.recurrent_mask, row);
-      r.carry = row_or_null<S>(args.carry, row);
-      r.grad_c = row_or_null<S>(args.grad_c, row);
-      r.grad_cells = row_or_null<S>(args.grad_cells, row);
-      r.grad_gates = row_or_null<S>(args.grad_gates, row);
-      r.grad_recurrent = row_or_null<S>(args.grad_recurrent, row);
-      r.grad_params = row_or_null<S>(args.grad_params, row);
-      r.normalized_recurrent = row_or_null<S>(args.normalized_recurrent, row);
-      r.stats = row_or_null<S>(args.stats, row);
-      r.zoneout_cell_mask = row_or_null<S>(args.zoneout_cell_mask, row);
-      r.zoneout_hidden_mask = row_or_null<S>(args.zoneout_hidden_mask, row);
-      cell_rows::backward_row(RowExec<S>{}, r);
+      cell_rows::backward_row(RowExec<S>{}, cell_rows::backward_row_at(first, row));
     }
   });
 }

@@ -136,58 +136,23 @@ struct BlockRowExec {
   }
 };
 
-template <typename T>
-__device__ __forceinline__ T* row_at(T* base, int64_t row, int64_t width) {
-  return base == nullptr ? nullptr : base + row * width;
-}
-
-// `first` is row 0's buffers; row r's are r rows further (every buffer is contiguous rows of its width).
+// `first` is row 0's buffers (cell_rows::forward_row_at finds row r's).
 template <typename scalar_t, typename acc_t>
 __global__ void lstm_variant_forward_kernel(cell_rows::ForwardRow<scalar_t, acc_t> first, int64_t rows) {
   LSTM_EXT_SHARED(acc_t, partial, kMaxRowThreads);
   const BlockRowExec<scalar_t, acc_t> ex{partial};
-  const int64_t H = first.H;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    cell_rows::ForwardRow<scalar_t, acc_t> r = first;
-    r.gates = row_at(first.gates, row, 4 * H);
-    r.recurrent = row_at(first.recurrent, row, 4 * H);
-    r.stats = row_at(first.stats, row, 4);
-    r.c_prev = row_at(first.c_prev, row, H);
-    r.c = row_at(first.c, row, H);
-    r.h = row_at(first.h, row, H);
-    r.h_prev = row_at(first.h_prev, row, H);
-    r.zoneout_cell_mask = row_at(first.zoneout_cell_mask, row, H);
-    r.zoneout_hidden_mask = row_at(first.zoneout_hidden_mask, row, H);
-    cell_rows::forward_row(ex, r);
+    cell_rows::forward_row(ex, cell_rows::forward_row_at(first, row));
     __syncthreads();  // the next row's first sum reuses `partial`
   }
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void lstm_variant_backward_kernel(cell_rows::BackwardRow<scalar_t, acc_t> first, int64_t rows,
-                                             int64_t param_terms_width) {
+__global__ void lstm_variant_backward_kernel(cell_rows::BackwardRow<scalar_t, acc_t> first, int64_t rows) {
   LSTM_EXT_SHARED(acc_t, partial, kMaxRowThreads);
   const BlockRowExec<scalar_t, acc_t> ex{partial};
-  const int64_t H = first.H;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    cell_rows::BackwardRow<scalar_t, acc_t> r = first;
-    r.gates = row_at(first.gates, row, 4 * H);
-    r.c = row_at(first.c, row, H);
-    r.c_prev = row_at(first.c_prev, row, H);
-    r.grad_h_out = row_at(first.grad_h_out, row, H);
-    r.grad_h_next = row_at(first.grad_h_next, row, H);
-    r.recurrent_mask = row_at(first.recurrent_mask, row, H);
-    r.carry = row_at(first.carry, row, H);
-    r.grad_c = row_at(first.grad_c, row, H);
-    r.grad_cells = row_at(first.grad_cells, row, H);
-    r.grad_gates = row_at(first.grad_gates, row, 4 * H);
-    r.grad_recurrent = row_at(first.grad_recurrent, row, 4 * H);
-    r.grad_params = row_at(first.grad_params, row, param_terms_width);
-    r.normalized_recurrent = row_at(first.normalized_recurrent, row, 4 * H);
-    r.stats = row_at(first.stats, row, 4);
-    r.zoneout_cell_mask = row_at(first.zoneout_cell_mask, row, H);
-    r.zoneout_hidden_mask = row_at(first.zoneout_hidden_mask, row, H);
-    cell_rows::backward_row(ex, r);
+    cell_rows::backward_row(ex, cell_rows::backward_row_at(first, row));
     __syncthreads();
   }
 }

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "../cell_step_rows.h"
 #include "../step_kernels.h"
 #include "pointwise_kernels.cuh"
 
@@ -47,16 +48,6 @@ void launch_pointwise(int64_t batch, int64_t hidden, const LaunchPolicy& policy,
   }
 }
 
-template <typename S>
-S* data_or_null(const RowBlock& block) {
-  return block.data == nullptr ? nullptr : block.ptr<S>();
-}
-
-template <typename S>
-const S* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<S>() : nullptr;
-}
-
 // A row per block: the policy's block size (at most one thread per unit of the widest pass, 4H, in whole
 // warps), as many blocks as rows up to its grid.
 inline PointwiseLaunchConfig row_launch_config(int64_t rows, int64_t hidden, const LaunchPolicy& policy) {
@@ -74,26 +65,7 @@ void launch_variant_forward_step(const ForwardStepArgs& args, const LaunchPolicy
   if (rows == 0) {
     return;
   }
-  cell_rows::ForwardRow<scalar_t, acc_t> first{};
-  first.H = hidden;
-  first.gates = data_or_null<scalar_t>(args.gates);
-  first.recurrent = data_or_null<scalar_t>(args.recurrent);
-  first.stats = data_or_null<scalar_t>(args.stats);
-  first.c_prev = data_or_null<scalar_t>(args.c_prev);
-  first.c = data_or_null<scalar_t>(args.c);
-  first.h = data_or_null<scalar_t>(args.h);
-  first.h_prev = data_or_null<scalar_t>(args.h_prev);
-  first.peephole = data_or_null<scalar_t>(cell.weight_peephole);
-  first.layer_norm_weight_hh = data_or_null<scalar_t>(cell.layer_norm_weight_hh);
-  first.layer_norm_weight_c = data_or_null<scalar_t>(cell.layer_norm_weight_c);
-  first.layer_norm_bias_c = data_or_null<scalar_t>(cell.layer_norm_bias_c);
-  first.zoneout_cell_mask = data_or_null<scalar_t>(args.zoneout_cell_mask);
-  first.zoneout_hidden_mask = data_or_null<scalar_t>(args.zoneout_hidden_mask);
-  first.zoneout_cell = static_cast<acc_t>(cell.zoneout_cell);
-  first.zoneout_hidden = static_cast<acc_t>(cell.zoneout_hidden);
-  first.zoneout_cell_on = cell.zoneout_cell_mask.defined() || cell.zoneout_cell != 0;
-  first.zoneout_hidden_on = cell.zoneout_hidden_active();
-  first.keep_gates = args.keep_gates;
+  const auto first = first_forward_row<scalar_t>(args);
   launcher(lstm_variant_forward_kernel<scalar_t, acc_t>, row_launch_config(rows, hidden, policy), first, rows);
 }
 
@@ -105,36 +77,8 @@ void launch_variant_backward_step(const BackwardStepArgs& args, const LaunchPoli
   if (rows == 0) {
     return;
   }
-  cell_rows::BackwardRow<scalar_t, acc_t> first{};
-  first.H = hidden;
-  first.gates = data_or_null<scalar_t>(args.gates);
-  first.c = data_or_null<scalar_t>(args.c);
-  first.c_prev = data_or_null<scalar_t>(args.c_prev);
-  first.grad_h_out = data_or_null<scalar_t>(args.grad_h_out);
-  first.grad_h_next = data_or_null<scalar_t>(args.grad_h_next);
-  first.recurrent_mask = data_or_null<scalar_t>(args.recurrent_mask);
-  first.carry = data_or_null<scalar_t>(args.carry);
-  first.grad_c = data_or_null<scalar_t>(args.grad_c);
-  first.grad_cells = data_or_null<scalar_t>(args.grad_cells);
-  first.grad_gates = data_or_null<scalar_t>(args.grad_gates);
-  first.grad_recurrent = data_or_null<scalar_t>(args.grad_recurrent);
-  first.grad_params = data_or_null<scalar_t>(args.grad_params);
-  first.peephole_terms = args.peephole_terms;
-  first.layer_norm_c_terms = args.layer_norm_c_terms;
-  first.normalized_recurrent = data_or_null<scalar_t>(args.normalized_recurrent);
-  first.stats = data_or_null<scalar_t>(args.stats);
-  first.peephole = data_or_null<scalar_t>(cell.weight_peephole);
-  first.layer_norm_weight_hh = data_or_null<scalar_t>(cell.layer_norm_weight_hh);
-  first.layer_norm_weight_c = data_or_null<scalar_t>(cell.layer_norm_weight_c);
-  first.layer_norm_bias_c = data_or_null<scalar_t>(cell.layer_norm_bias_c);
-  first.zoneout_cell_mask = data_or_null<scalar_t>(args.zoneout_cell_mask);
-  first.zoneout_hidden_mask = data_or_null<scalar_t>(args.zoneout_hidden_mask);
-  first.zoneout_cell = static_cast<acc_t>(cell.zoneout_cell);
-  first.zoneout_hidden = static_cast<acc_t>(cell.zoneout_hidden);
-  first.zoneout_cell_on = cell.zoneout_cell_mask.defined() || cell.zoneout_cell != 0;
-  first.zoneout_hidden_on = cell.zoneout_hidden_active();
-  launcher(lstm_variant_backward_kernel<scalar_t, acc_t>, row_launch_config(rows, hidden, policy), first, rows,
-           args.grad_params.cols);
+  const auto first = first_backward_row<scalar_t>(args);
+  launcher(lstm_variant_backward_kernel<scalar_t, acc_t>, row_launch_config(rows, hidden, policy), first, rows);
 }
 
 template <typename scalar_t, typename Launcher>
