@@ -290,6 +290,74 @@ LSTM_CELL_ROW_FN void backward_row(const Exec& ex, const BackwardRow<S, A>& r) {
   }
 }
 
+// Layer norm of a row's input product, before the loop: in `gates` x W_ih^T; out: LN(x W_ih^T) * w_ih + b_ih +
+// b_hh in `gates`, LN(x W_ih^T) in `normalized`, its rstd in stats[0].
+template <typename S>
+struct InputNormRow {
+  int64_t width;      // 4H
+  S* gates;           // [4H]
+  S* normalized;      // [4H]
+  S* stats;           // [4]
+  const S* weight;    // layer_norm_weight_ih [4H]
+  const S* bias_ih;   // [4H] or null (then bias_hh is null too)
+  const S* bias_hh;
+};
+
+template <typename S, typename A, typename Exec>
+LSTM_CELL_ROW_FN void input_norm_row(const Exec& ex, const InputNormRow<S>& r) {
+  const int64_t n = r.width;
+  const A mean = ex.sum(n, [&](const auto& l, int64_t j) { return l.load(r.gates + j); }) / A(n);
+  const A variance = ex.sum(n, [&](const auto& l, int64_t j) {
+    using V = typename std::decay_t<decltype(l)>::type;
+    const V d = l.load(r.gates + j) - V(mean);
+    return d * d;
+  }) / A(n);
+  const A rstd = math::layer_norm_rstd(variance);
+  ex.units(n, [&](const auto& l, int64_t j) {
+    using V = typename std::decay_t<decltype(l)>::type;
+    const V x = (l.load(r.gates + j) - V(mean)) * V(rstd);
+    l.store(r.normalized + j, x);
+    const V scaled = x * l.load(r.weight + j);
+    l.store(r.gates + j, r.bias_ih != nullptr ? scaled + (l.load(r.bias_ih + j) + l.load(r.bias_hh + j)) : scaled);
+  });
+  ex.single([&] { r.stats[0] = static_cast<S>(rstd); });
+}
+
+// Its backward, after the loop: dL/d(x W_ih^T) from dL/dG; and each column's terms of the layer norm weights'
+// gradients, dL/dG * LN(x W_ih^T) and dL/dG * LN(h W_hh^T), added to the caller's partial sums.
+template <typename S>
+struct InputNormBackwardRow {
+  int64_t width;                   // 4H
+  const S* grad_gates;             // [4H] dL/dG
+  const S* normalized;             // [4H] LN(x W_ih^T)
+  const S* normalized_recurrent;   // [4H] LN(h W_hh^T)
+  const S* stats;                  // [4]: [0] the input product's rstd
+  const S* weight;                 // layer_norm_weight_ih [4H]
+  S* grad_product;                 // [4H] out
+  S* sum_weight_ih;                // [4H] in/out: += dL/dG * LN(x W_ih^T)
+  S* sum_weight_hh;                // [4H] in/out: += dL/dG * LN(h W_hh^T)
+};
+
+template <typename S, typename A, typename Exec>
+LSTM_CELL_ROW_FN void input_norm_backward_row(const Exec& ex, const InputNormBackwardRow<S>& r) {
+  const int64_t n = r.width;
+  const A rstd = static_cast<A>(r.stats[0]);
+  const A mean_grad = ex.sum(n, [&](const auto& l, int64_t j) {
+    return l.load(r.grad_gates + j) * l.load(r.weight + j);
+  }) / A(n);
+  const A mean_grad_normalized = ex.sum(n, [&](const auto& l, int64_t j) {
+    return l.load(r.grad_gates + j) * l.load(r.weight + j) * l.load(r.normalized + j);
+  }) / A(n);
+  ex.units(n, [&](const auto& l, int64_t j) {
+    using V = typename std::decay_t<decltype(l)>::type;
+    const V grad = l.load(r.grad_gates + j), x = l.load(r.normalized + j);
+    l.store(r.grad_product + j,
+            math::layer_norm_backward(grad * l.load(r.weight + j), x, V(rstd), V(mean_grad), V(mean_grad_normalized)));
+    l.store(r.sum_weight_ih + j, l.load(r.sum_weight_ih + j) + grad * x);
+    l.store(r.sum_weight_hh + j, l.load(r.sum_weight_hh + j) + grad * l.load(r.normalized_recurrent + j));
+  });
+}
+
 template <typename T>
 LSTM_CELL_ROW_FN T* row_at(T* first, int64_t row, int64_t width) {
   return first == nullptr ? nullptr : first + row * width;

@@ -124,18 +124,9 @@ void project_layer_norm(const StepKernels& steps, const RowBlock& gates, const R
   if (gates.rows == 0) {
     return;
   }
-  const auto options = p.input.options();
   steps.matmul(gates, input, weight_ih, /*accumulate=*/false);
-  at::Tensor gates_tensor = as_tensor(gates, options);
-  auto [x_hat, mean, rstd] =
-      at::native_layer_norm(gates_tensor, {gates.cols}, std::nullopt, std::nullopt, math::kLayerNormEps);
-  as_tensor(normalized, options).copy_(x_hat);
-  as_tensor(stats, options).select(1, 0).copy_(rstd.view({-1}));
-  if (p.weights.bias_ih.defined()) {
-    at::addcmul_out(gates_tensor, p.weights.bias_ih + p.weights.bias_hh, x_hat, p.cell.layer_norm_weight_ih);
-  } else {
-    at::mul_out(gates_tensor, x_hat, p.cell.layer_norm_weight_ih);
-  }
+  steps.normalize_input(gates, normalized, stats, p.cell.layer_norm_weight_ih, p.weights.bias_ih, p.weights.bias_hh,
+                        p.input.options());
 }
 
 // What a forward step reads and writes besides its gates: the sequence's buffers as rows, set up once.
@@ -517,13 +508,11 @@ LayerBackwardResult backward_generic(const StepKernels& steps, const LayerBackwa
   LayerBackwardResult result;
   at::Tensor grad_input_product = grad_gates;
   if (layer_norm) {
-    const at::Tensor x_hat = saved.normalized.select(0, 0);
-    const at::Tensor grad_x_hat = grad_gates * p.cell.layer_norm_weight_ih;
-    const at::Tensor rstd = saved.row_stats.select(1, 0).unsqueeze(1);
-    grad_input_product = (rstd * (grad_x_hat - grad_x_hat.mean(1, true) - x_hat * (grad_x_hat * x_hat).mean(1, true)))
-                             .contiguous();
-    result.grad_layer_norm_weight_ih = (grad_gates * x_hat).sum(0);
-    result.grad_layer_norm_weight_hh = (grad_gates * saved.normalized.select(0, 1)).sum(0);
+    InputNormGrads norm =
+        steps.normalize_input_backward(grad_gates, saved.normalized, saved.row_stats, p.cell.layer_norm_weight_ih);
+    grad_input_product = std::move(norm.grad_product);
+    result.grad_layer_norm_weight_ih = std::move(norm.grad_weight_ih);
+    result.grad_layer_norm_weight_hh = std::move(norm.grad_weight_hh);
   }
   if (bp.need_grad_input) {
     result.grad_input = steps.empty({N, p.input.size(1)}, options);

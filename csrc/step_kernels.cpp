@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include "lstm_math.h"
+
 namespace lstm_ext {
 
 RowBlock row_block(const at::Tensor& t) {
@@ -101,6 +103,37 @@ void StepKernels::multiply_rows(const RowBlock& out, const RowBlock& a, const Ro
     at::Tensor result = as_tensor(out, options);
     at::mul_out(result, as_tensor(a, options), as_tensor(mask, options));
   }
+}
+
+void StepKernels::normalize_input(const RowBlock& gates, const RowBlock& normalized, const RowBlock& stats,
+                                  const at::Tensor& weight, const at::Tensor& bias_ih, const at::Tensor& bias_hh,
+                                  const at::TensorOptions& options) const {
+  if (gates.rows == 0) {
+    return;
+  }
+  at::Tensor gates_tensor = as_tensor(gates, options);
+  auto [x_hat, mean, rstd] =
+      at::native_layer_norm(gates_tensor, {gates.cols}, std::nullopt, std::nullopt, math::kLayerNormEps);
+  as_tensor(normalized, options).copy_(x_hat);
+  as_tensor(stats, options).select(1, 0).copy_(rstd.view({-1}));
+  if (bias_ih.defined()) {
+    at::addcmul_out(gates_tensor, bias_ih + bias_hh, x_hat, weight);
+  } else {
+    at::mul_out(gates_tensor, x_hat, weight);
+  }
+}
+
+InputNormGrads StepKernels::normalize_input_backward(const at::Tensor& grad_gates, const at::Tensor& normalized,
+                                                     const at::Tensor& row_stats, const at::Tensor& weight) const {
+  const at::Tensor x_hat = normalized.select(0, 0);
+  const at::Tensor grad_x_hat = grad_gates * weight;
+  const at::Tensor rstd = row_stats.select(1, 0).unsqueeze(1);
+  InputNormGrads grads;
+  grads.grad_product =
+      (rstd * (grad_x_hat - grad_x_hat.mean(1, true) - x_hat * (grad_x_hat * x_hat).mean(1, true))).contiguous();
+  grads.grad_weight_ih = (grad_gates * x_hat).sum(0);
+  grads.grad_weight_hh = (grad_gates * normalized.select(0, 1)).sum(0);
+  return grads;
 }
 
 bool StepKernels::forward_layer(const LayerForwardProblem& /*problem*/, LayerForwardResult& /*result*/) const {

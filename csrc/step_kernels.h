@@ -139,6 +139,13 @@ struct InferenceProjection {
   int64_t block_steps;
 };
 
+// What StepKernels::normalize_input_backward returns.
+struct InputNormGrads {
+  at::Tensor grad_product;    // [N, 4H] dL/d(x W_ih^T)
+  at::Tensor grad_weight_ih;  // [4H] dL/d layer_norm_weight_ih
+  at::Tensor grad_weight_hh;  // [4H] dL/d layer_norm_weight_hh
+};
+
 // Sequences [begin, end) of the batch.
 struct BatchChunk {
   int64_t begin;
@@ -236,6 +243,21 @@ class StepKernels {
   // Here ATen's mul; the CPU multiplies the rows itself.
   virtual void multiply_rows(const RowBlock& out, const RowBlock& a, const RowBlock& mask,
                              const at::TensorOptions& options) const;
+
+  // Layer norm of the input product, over rows of the sequence outside the loop (lstm_cell.h): in, the rows
+  // of `gates` hold x W_ih^T; out, gates = LN(x W_ih^T) * weight + bias_ih + bias_hh (no bias: both undefined),
+  // normalized = LN(x W_ih^T) and column 0 of `stats` its rstd. Here ATen; the CPU runs cell_rows'
+  // input_norm_row over its rows.
+  virtual void normalize_input(const RowBlock& gates, const RowBlock& normalized, const RowBlock& stats,
+                               const at::Tensor& weight, const at::Tensor& bias_ih, const at::Tensor& bias_hh,
+                               const at::TensorOptions& options) const;
+
+  // Its backward over every row after the loop: from grad_gates [N, 4H] (dL/dG), the normalized products
+  // [2, N, 4H] and row_stats [N, 4] a training forward kept, and weight (layer_norm_weight_ih), the gradient of
+  // x W_ih^T [N, 4H] and those of layer_norm_weight_ih and _hh [4H]. Here ATen; the CPU runs cell_rows'
+  // input_norm_backward_row over its rows and sums the weights' terms in a fixed order.
+  virtual InputNormGrads normalize_input_backward(const at::Tensor& grad_gates, const at::Tensor& normalized,
+                                                  const at::Tensor& row_stats, const at::Tensor& weight) const;
 
   // The layer seam: a backend that runs a whole (layer, direction) itself (a persistent kernel) does it
   // here and returns true; false (the default) runs the generic recurrence of lstm_recurrence.cpp.

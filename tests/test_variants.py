@@ -406,6 +406,16 @@ def test_functional_with_projection_equals_reference(device, variant, layout):
     assert_all_close(run_api(problem), run_reference(problem, problem.reference_masks()))
 
 
+def test_functional_layer_norm_over_many_rows_equals_reference(device):
+    """Rows of the sequence past the CPU's 64-row blocks of layer norm weight terms (three blocks and a part
+    of a fourth), packed so that the steps have different rows."""
+    lengths = (40, 37, 33, 40, 21, 30)
+    problem = make_problem(LAYOUTS["packed_bidir"], Variant(layer_norm=True, peephole=True), device,
+                           sizes=(40, len(lengths), 3, 5), lengths=lengths)
+    assert sum(lengths) > 3 * 64
+    assert_all_close(run_api(problem), run_reference(problem, problem.reference_masks()))
+
+
 @pytest.mark.parametrize("layout", ["padded", "packed_bidir", "batch_first_2layers_bidir"])
 def test_functional_eval_uses_zoneout_rates_and_no_recurrent_dropout(device, layout):
     problem = make_problem(LAYOUTS[layout], VARIANTS["all"], device, with_masks=False)

@@ -12,6 +12,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cstring>
@@ -250,6 +251,68 @@ void backward_step(const BackwardStepArgs& args) {
   });
 }
 
+// Layer norm of the input product (cell_rows::input_norm_row), a row at a time.
+template <typename S>
+void normalize_input_rows(const RowBlock& gates, const RowBlock& normalized, const RowBlock& stats,
+                          const at::Tensor& weight, const at::Tensor& bias_ih, const at::Tensor& bias_hh) {
+  const int64_t width = gates.cols;
+  const S* b_ih = bias_ih.defined() ? bias_ih.const_data_ptr<S>() : nullptr;
+  const S* b_hh = bias_hh.defined() ? bias_hh.const_data_ptr<S>() : nullptr;
+  for_row_tasks(gates.rows, row_grain(width), [&](int64_t row_begin, int64_t row_end) {
+    for (int64_t row = row_begin; row < row_end; ++row) {
+      const cell_rows::InputNormRow<S> r{width, gates.ptr<S>() + row * width, normalized.ptr<S>() + row * width,
+                                         stats.ptr<S>() + row * 4, weight.const_data_ptr<S>(), b_ih, b_hh};
+      cell_rows::input_norm_row<S, at::opmath_type<S>>(RowExec<S>{}, r);
+    }
+  });
+}
+
+// Rows whose layer norm weight terms one partial sum takes: fixed, so the sums' order is the same for any
+// number of threads.
+constexpr int64_t kInputNormRowsPerPartial = 64;
+
+// Its backward (cell_rows::input_norm_backward_row), a block of rows per task, each block's weight terms in
+// a partial sum of its own, the partials then added in block order. S is its own math type (float, double).
+template <typename S>
+InputNormGrads normalize_input_backward_rows(const at::Tensor& grad_gates, const at::Tensor& normalized,
+                                             const at::Tensor& row_stats, const at::Tensor& weight) {
+  const int64_t rows = grad_gates.size(0), width = grad_gates.size(1);
+  TORCH_INTERNAL_ASSERT(grad_gates.is_contiguous() && normalized.is_contiguous() && row_stats.is_contiguous() &&
+                        weight.is_contiguous() && normalized.size(1) == rows && weight.numel() == width);
+  const int64_t blocks = std::max<int64_t>(1, at::divup(rows, kInputNormRowsPerPartial));
+  const at::Tensor partials = at::zeros({blocks, 2, width}, grad_gates.options());
+  InputNormGrads grads;
+  grads.grad_product = cpu::empty_huge_page_backed({rows, width}, grad_gates.options());
+  const S* g = grad_gates.const_data_ptr<S>();
+  const S* x = normalized.const_data_ptr<S>();
+  const S* x_recurrent = x + rows * width;
+  const S* stats = row_stats.const_data_ptr<S>();
+  S* out = grads.grad_product.mutable_data_ptr<S>();
+  S* sums = partials.mutable_data_ptr<S>();
+  at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
+    for (int64_t block = block_begin; block < block_end; ++block) {
+      S* block_sums = sums + block * 2 * width;
+      const int64_t last = std::min(rows, (block + 1) * kInputNormRowsPerPartial);
+      for (int64_t row = block * kInputNormRowsPerPartial; row < last; ++row) {
+        const int64_t at = row * width;
+        const cell_rows::InputNormBackwardRow<S> r{width, g + at, x + at, x_recurrent + at, stats + row * 4,
+                                                   weight.const_data_ptr<S>(), out + at, block_sums,
+                                                   block_sums + width};
+        cell_rows::input_norm_backward_row<S, S>(RowExec<S>{}, r);
+      }
+    }
+  });
+  for (int64_t block = 1; block < blocks; ++block) {
+    const S* block_sums = sums + block * 2 * width;
+    for (int64_t k = 0; k < 2 * width; ++k) {
+      sums[k] += block_sums[k];
+    }
+  }
+  grads.grad_weight_ih = partials[0][0].clone();  // outputs of their own, not views of one buffer
+  grads.grad_weight_hh = partials[0][1].clone();
+  return grads;
+}
+
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
 constexpr bool kPanelGemm = true;
 #else
@@ -391,6 +454,23 @@ class CpuStepKernels final : public StepKernels {
     const int64_t step_bytes = std::max<int64_t>(batch * gate_width * element_size, 1);
     return InferenceProjection{false, std::clamp(kProjectionBlockBytes / step_bytes, int64_t{1},
                                                  std::max<int64_t>(steps, 1))};
+  }
+  void normalize_input(const RowBlock& gates, const RowBlock& normalized, const RowBlock& stats,
+                       const at::Tensor& weight, const at::Tensor& bias_ih, const at::Tensor& bias_hh,
+                       const at::TensorOptions& options) const override {
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, options.dtype().toScalarType(), "lstm_ext_cpu_normalize_input", [&] {
+      normalize_input_rows<scalar_t>(gates, normalized, stats, weight, bias_ih, bias_hh);
+    });
+  }
+  // bfloat16 sums its weight terms in ATen's float accumulators.
+  InputNormGrads normalize_input_backward(const at::Tensor& grad_gates, const at::Tensor& normalized,
+                                          const at::Tensor& row_stats, const at::Tensor& weight) const override {
+    if (grad_gates.scalar_type() == at::kBFloat16) {
+      return StepKernels::normalize_input_backward(grad_gates, normalized, row_stats, weight);
+    }
+    return AT_DISPATCH_FLOATING_TYPES(grad_gates.scalar_type(), "lstm_ext_cpu_normalize_input_backward", [&] {
+      return normalize_input_backward_rows<scalar_t>(grad_gates, normalized, row_stats, weight);
+    });
   }
   void multiply_rows(const RowBlock& out, const RowBlock& a, const RowBlock& mask,
                      const at::TensorOptions& options) const override {
