@@ -31,6 +31,7 @@ CPU_SOURCES = [
     "sequence_layout.cpp",
     "lstm_recurrence.cpp",
     "step_kernels.cpp",
+    "cpu/bernoulli_mask.cpp",
     "cpu/blas_gemm.cpp",
     "cpu/buffer_cache.cpp",
     "cpu/cpu_backend.cpp",

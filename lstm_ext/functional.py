@@ -46,10 +46,11 @@ def _zoneout_rates(zoneout) -> tuple[float, float]:
 def sample_masks(input: Tensor, num_layers: int, bidirectional: bool, batch_first: bool, hidden_size: int,
                  proj_size: int = 0, recurrent_dropout: float = 0.0, zoneout=0.0,
                  batch_sizes: Tensor | None = None, *, batch: int | None = None) -> VariantMasks:
-    """Draws one forward's masks from torch's default generator, in order: per layer and direction the
-    recurrent dropout mask ``[B, P]`` (values 0 or 1/(1-p)), then the zoneout masks of c and of h (each
-    laid out like the layer's per-step rows with H features: ``[T, B, H]``, ``[B, T, H]`` when batch_first,
-    ``[N, H]`` packed; values 0/1, 1 keeping the previous value), each only where its rate is above 0."""
+    """Draws one forward's masks from torch's default generator (``lstm_ext.bernoulli_mask``), in order: per
+    layer and direction the recurrent dropout mask ``[B, P]`` (values 0 or 1/(1-p)), then the zoneout masks
+    of c and of h (each laid out like the layer's per-step rows with H features: ``[T, B, H]``, ``[B, T, H]``
+    when batch_first, ``[N, H]`` packed; values 0/1, 1 keeping the previous value), each only where its
+    rate is above 0."""
     zoneout_cell, zoneout_hidden = _zoneout_rates(zoneout)
     if batch is None:  # packed: a caller that knows the batch (sorted_indices' length) saves reading batch_sizes
         batch = int(batch_sizes[0]) if batch_sizes is not None else input.size(0 if batch_first else 1)
@@ -60,9 +61,9 @@ def sample_masks(input: Tensor, num_layers: int, bidirectional: bool, batch_firs
     for _ in range(num_layers * (2 if bidirectional else 1)):
         if recurrent_dropout > 0:
             keep = 1.0 - recurrent_dropout
-            recurrent.append(torch.empty((batch, width), **options).bernoulli_(keep).div_(keep))
-        cell = torch.empty((*rows_shape, hidden_size), **options).bernoulli_(zoneout_cell) if zoneout_cell > 0 else None
-        hidden = (torch.empty((*rows_shape, hidden_size), **options).bernoulli_(zoneout_hidden)
+            recurrent.append(_ops.bernoulli_mask((batch, width), keep, **options).div_(keep))
+        cell = _ops.bernoulli_mask((*rows_shape, hidden_size), zoneout_cell, **options) if zoneout_cell > 0 else None
+        hidden = (_ops.bernoulli_mask((*rows_shape, hidden_size), zoneout_hidden, **options)
                   if zoneout_hidden > 0 else None)
         zoneout_pairs.append((cell, hidden))
     return VariantMasks(recurrent if recurrent_dropout > 0 else None,

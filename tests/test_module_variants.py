@@ -390,9 +390,9 @@ def test_sample_masks_draws_in_the_functional_order():
     masks = lstm.sample_masks(x)
     torch.manual_seed(9)
     for index in range(2):
-        recurrent = torch.empty(4, 5).bernoulli_(0.5).div_(0.5)
-        cell = torch.empty(6, 4, 5).bernoulli_(0.25)
-        hidden = torch.empty(6, 4, 5).bernoulli_(0.75)
+        recurrent = lstm_ext.bernoulli_mask((4, 5), 0.5, dtype=torch.float32, device="cpu").div_(0.5)
+        cell = lstm_ext.bernoulli_mask((6, 4, 5), 0.25, dtype=torch.float32, device="cpu")
+        hidden = lstm_ext.bernoulli_mask((6, 4, 5), 0.75, dtype=torch.float32, device="cpu")
         assert torch.equal(masks.recurrent_dropout_masks[index], recurrent)
         assert torch.equal(masks.zoneout_masks[index][0], cell) and torch.equal(masks.zoneout_masks[index][1], hidden)
 
@@ -514,8 +514,9 @@ def test_cell_draws_its_masks_per_call_over_the_callers_state():
     torch.manual_seed(8)
     actual = cell(x, (h, c))
     torch.manual_seed(8)
-    recurrent = torch.empty(4, 5).bernoulli_(1 - p).div_(1 - p)
-    cell_mask, hidden_mask = torch.empty(4, 5).bernoulli_(rates[0]), torch.empty(4, 5).bernoulli_(rates[1])
+    recurrent = lstm_ext.bernoulli_mask((4, 5), 1 - p, dtype=torch.float32, device="cpu").div_(1 - p)
+    cell_mask = lstm_ext.bernoulli_mask((4, 5), rates[0], dtype=torch.float32, device="cpu")
+    hidden_mask = lstm_ext.bernoulli_mask((4, 5), rates[1], dtype=torch.float32, device="cpu")
     expected = lstm_ext.lstm_cell(x, (h, c), cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh,
                                   training=True, weight_peephole=cell.weight_peephole, recurrent_mask=recurrent,
                                   zoneout=rates, zoneout_masks=(cell_mask, hidden_mask))

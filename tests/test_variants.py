@@ -671,7 +671,7 @@ def test_module_variants_off_are_bitwise_the_plain_module(device):
 @pytest.mark.parametrize("kind", ["padded", "packed", "batch_first"])
 def test_sample_masks_shapes_values_and_draw_order(device, kind):
     """Per (layer, direction): the recurrent mask [B, P] of 0 and 1/(1-p), then the zoneout cell and hidden
-    masks of 0 and 1 in the input's row layout, each drawn by bernoulli_ from the default generator."""
+    masks of 0 and 1 in the input's row layout, each drawn by lstm_ext.bernoulli_mask from the default generator."""
     p, rates = 0.3, (0.2, 0.6)
     module = make_module(dict(recurrent_dropout=p, zoneout=rates, num_layers=2, bidirectional=True,
                               batch_first=kind == "batch_first"), device)
@@ -683,13 +683,78 @@ def test_sample_masks_shapes_values_and_draw_order(device, kind):
     torch.manual_seed(4)
     assert len(recurrent) == len(zoneout) == 4
     for index in range(4):
-        expected_recurrent = torch.empty((batch, H), dtype=F64, device=device).bernoulli_(1 - p) / (1 - p)
-        expected_cell = torch.empty((*data.shape[:-1], H), dtype=F64, device=device).bernoulli_(rates[0])
-        expected_hidden = torch.empty((*data.shape[:-1], H), dtype=F64, device=device).bernoulli_(rates[1])
+        expected_recurrent = lstm_ext.bernoulli_mask((batch, H), 1 - p, dtype=F64, device=device) / (1 - p)
+        expected_cell = lstm_ext.bernoulli_mask((*data.shape[:-1], H), rates[0], dtype=F64, device=device)
+        expected_hidden = lstm_ext.bernoulli_mask((*data.shape[:-1], H), rates[1], dtype=F64, device=device)
         assert torch.equal(recurrent[index], expected_recurrent), index
         assert torch.equal(zoneout[index][0], expected_cell), index
         assert torch.equal(zoneout[index][1], expected_hidden), index
     assert set(torch.cat([m.flatten() for m in recurrent]).tolist()) == {0.0, 1 / (1 - p)}
+
+
+def _splitmix64_words(seed: int, count: int) -> list[int]:
+    """The first `count` 32-bit words of the splitmix64 stream from `seed`, low half of each output first."""
+    mask64, words = (1 << 64) - 1, []
+    for k in range((count + 1) // 2):
+        z = (seed + (k + 1) * 0x9E3779B97F4A7C15) & mask64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask64
+        z ^= z >> 31
+        words += [z & 0xFFFFFFFF, z >> 32]
+    return words[:count]
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_bernoulli_mask_is_the_documented_draw(p):
+    """On the CPU: one int64 value of the default generator (randint over int64) seeds a splitmix64 stream;
+    value i is 1 where the stream's i-th 32-bit word is below p * 2^32."""
+    torch.manual_seed(5)
+    mask = lstm_ext.bernoulli_mask((3, 7), p, dtype=F64, device="cpu")
+    torch.manual_seed(5)
+    seed = int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64)) % 2**64
+    expected = [1.0 if w < round(p * 2**32) else 0.0 for w in _splitmix64_words(seed, 21)]
+    assert mask.flatten().tolist() == expected
+    assert mask.shape == (3, 7) and mask.dtype == F64
+
+
+def test_bernoulli_mask_rates_threads_and_generator():
+    n = 1 << 20
+    for p in (0.1, 0.5, 0.9):
+        torch.manual_seed(0)
+        mask = lstm_ext.bernoulli_mask((n,), p, dtype=torch.float32, device="cpu")
+        assert set(mask.unique().tolist()) == {0.0, 1.0}
+        assert abs(mask.mean().item() - p) < 5 * (p * (1 - p) / n) ** 0.5, p
+        both = (mask[0::2] * mask[1::2]).mean().item()  # the two words of one output are independent
+        assert abs(both - p * p) < 5 * (p * p * (1 - p * p) / (n // 2)) ** 0.5, p
+    assert lstm_ext.bernoulli_mask((1000,), 0.0, dtype=torch.float32, device="cpu").sum() == 0
+    assert lstm_ext.bernoulli_mask((1000,), 1.0, dtype=torch.float32, device="cpu").sum() == 1000
+    # The same seed gives the same mask for any number of threads; the draw takes one value of the generator.
+    threads = torch.get_num_threads()
+    try:
+        masks = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            torch.manual_seed(3)
+            masks.append(lstm_ext.bernoulli_mask((n + 1,), 0.3, dtype=torch.bfloat16, device="cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(m, masks[0]) for m in masks) and masks[0].dtype == torch.bfloat16
+    torch.manual_seed(3)
+    lstm_ext.bernoulli_mask((n,), 0.3, dtype=torch.float32, device="cpu")
+    after = torch.rand(1)
+    torch.manual_seed(3)
+    torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64)
+    assert torch.equal(after, torch.rand(1))
+    assert not torch.equal(masks[0], lstm_ext.bernoulli_mask((n + 1,), 0.3, dtype=torch.bfloat16, device="cpu"))
+
+
+def test_bernoulli_mask_op_checks_and_errors():
+    seed = torch.tensor(7, dtype=torch.int64)
+    torch.library.opcheck(torch.ops.lstm_ext.bernoulli_mask.default, (seed, [4, 3], 0.25, torch.float32))
+    with pytest.raises(RuntimeError, match=r"expected p in \[0, 1\], got 1.5"):
+        torch.ops.lstm_ext.bernoulli_mask(seed, [2], 1.5, torch.float32)
+    with pytest.raises(RuntimeError, match="expected seed to be one int64 value on the CPU, got a Float tensor"):
+        torch.ops.lstm_ext.bernoulli_mask(torch.tensor(1.0), [2], 0.5, torch.float32)
 
 
 def test_sample_masks_draws_only_for_rates_above_zero():
@@ -698,7 +763,7 @@ def test_sample_masks_draws_only_for_rates_above_zero():
     recurrent, zoneout = module.sample_masks(module_input("padded", False, "cpu"))
     after = torch.rand(1)
     torch.manual_seed(4)
-    expected_hidden = torch.empty(T, B, H, dtype=F64).bernoulli_(0.3)
+    expected_hidden = lstm_ext.bernoulli_mask((T, B, H), 0.3, dtype=F64, device="cpu")
     assert recurrent is None or all(m is None for m in recurrent)
     assert zoneout[0][0] is None and torch.equal(zoneout[0][1], expected_hidden)
     assert torch.equal(after, torch.rand(1))  # one draw only, for the one rate above zero
@@ -901,9 +966,9 @@ def test_lstm_cell_module_training_draws_fresh_masks_per_call(device):
     torch.manual_seed(23)
     state = (h, c)
     for step_input in (x, x * 0.5):
-        recurrent = torch.empty(B, H, dtype=F64, device=device).bernoulli_(0.7) / 0.7
-        cell_mask = torch.empty(B, H, dtype=F64, device=device).bernoulli_(0.3)
-        hidden_mask = torch.empty(B, H, dtype=F64, device=device).bernoulli_(0.5)
+        recurrent = lstm_ext.bernoulli_mask((B, H), 0.7, dtype=F64, device=device) / 0.7
+        cell_mask = lstm_ext.bernoulli_mask((B, H), 0.3, dtype=F64, device=device)
+        hidden_mask = lstm_ext.bernoulli_mask((B, H), 0.5, dtype=F64, device=device)
         state = ref.cell_step(step_input, *state, cell_layer_weights(cell), recurrent, cell_mask, hidden_mask)
     expected = dict(zip("hc", state))
     assert_all_close(values_and_grads(actual, leaves), values_and_grads(expected, leaves))
