@@ -612,6 +612,13 @@ def print_table(rows: list[dict], environment: dict, file=sys.stdout) -> None:
             print(line, file=file)
 
 
+def warn_if_distorted(others: float | None, environment: dict, run: str) -> None:
+    """A warning on stderr where other processes used more than a quarter of a CPU on average during `run`."""
+    if others is not None and others > 0.25:
+        print(f"warning: other processes used {others:.1f} of {environment['usable_cpus']} CPUs on average during "
+              f"{run}; these timings are distorted, rerun on a quiet machine", file=sys.stderr)
+
+
 def write_csv(path: Path, rows: list[dict], environment: dict, settings: dict) -> None:
     """Plain CSV after '#' comment lines with the machine and settings (pandas: read_csv(path, comment='#'))."""
     backend = environment["nn_lstm_backend"]
@@ -742,9 +749,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     write_json(paths["json"], rows, environment, settings_json, arguments, elapsed)
     plot_speedups(paths["png"], rows, environment)
     print(f"\n{len(rows)} measurements in {elapsed:.0f} s; wrote {', '.join(str(p) for p in paths.values())}")
-    if others is not None and others > 0.25:
-        print(f"warning: other processes used {others:.1f} of {environment['usable_cpus']} CPUs on average during "
-              f"the sweep; these timings are distorted, rerun on a quiet machine", file=sys.stderr)
+    warn_if_distorted(others, environment, "the sweep")
     return paths
 
 

@@ -60,7 +60,7 @@ import lstm_ext  # noqa: E402
 from lstm_workloads import Step, StepResult, assert_results_agree, lstm_input, synchronizer  # noqa: E402
 from sweep import (MIN_REPEATS, AgreementError, OtherProcessesCpuMeter, calls_per_run,  # noqa: E402
                    describe_environment, dtype_name, format_ms, time_alternating,
-                   utc_now, warm_up)
+                   utc_now, warm_up, warn_if_distorted)
 
 OUTPUT_STEM = "variants"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -150,6 +150,22 @@ def zone_out(previous: Tensor, new: Tensor, keep: Tensor | float) -> Tensor:
     return keep * previous + (1 - keep) * new
 
 
+def zoneout_step(rate: float, training: bool, masks: LoopMasks | None, t: int, previous: tuple[Tensor, Tensor],
+                 new: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """(c_t, h_t) of a loop's step t from (c_{t-1}, h_{t-1}) and the plain update (c~_t, h~_t): zoneout with the
+    given masks, fresh ones in training, the expectation in eval; the plain update where rate is 0."""
+    (c, h), (c_new, h_new) = previous, new
+    if rate == 0:
+        return c_new, h_new
+    if not training:
+        keep_c = keep_h = rate
+    elif masks:
+        keep_c, keep_h = masks.cell[t], masks.hidden[t]
+    else:
+        keep_c, keep_h = draw_zoneout_mask(rate, c), draw_zoneout_mask(rate, h)
+    return zone_out(c, c_new, keep_c), zone_out(h, h_new, keep_h)
+
+
 class LoopMasks:
     """The masks a loop uses in place of drawing its own: lstm_ext's, for the agreement check.
 
@@ -190,16 +206,7 @@ class CellLoop(nn.Module):
         outputs, cells = [], []
         for t in range(seq_len):
             h_new, c_new = self.cell(x[t], (h if recurrent_mask is None else h * recurrent_mask, c))
-            if self.zoneout > 0:
-                if not self.training:
-                    keep_c = keep_h = self.zoneout
-                elif masks:
-                    keep_c, keep_h = masks.cell[t], masks.hidden[t]
-                else:
-                    keep_c, keep_h = draw_zoneout_mask(self.zoneout, c), draw_zoneout_mask(self.zoneout, h)
-                c, h = zone_out(c, c_new, keep_c), zone_out(h, h_new, keep_h)
-            else:
-                c, h = c_new, h_new
+            c, h = zoneout_step(self.zoneout, self.training, masks, t, (c, h), (c_new, h_new))
             outputs.append(h)
             cells.append(c)
         return torch.stack(outputs), (h.unsqueeze(0), c.unsqueeze(0)), torch.stack(cells)
@@ -271,16 +278,7 @@ class ManualLoop(nn.Module):
             c_read = F.layer_norm(c_new, (hidden,), self.layer_norm_weight_c_l0, self.layer_norm_bias_c_l0) \
                 if self.layer_norm else c_new
             h_new = torch.sigmoid(gate_o) * torch.tanh(c_read)
-            if self.zoneout > 0:
-                if not self.training:
-                    keep_c = keep_h = self.zoneout
-                elif masks:
-                    keep_c, keep_h = masks.cell[t], masks.hidden[t]
-                else:
-                    keep_c, keep_h = draw_zoneout_mask(self.zoneout, c), draw_zoneout_mask(self.zoneout, h)
-                c, h = zone_out(c, c_new, keep_c), zone_out(h, h_new, keep_h)
-            else:
-                c, h = c_new, h_new
+            c, h = zoneout_step(self.zoneout, self.training, masks, t, (c, h), (c_new, h_new))
             outputs.append(h)
             cells.append(c)
         return torch.stack(outputs), (h.unsqueeze(0), c.unsqueeze(0)), torch.stack(cells)
@@ -678,9 +676,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     write_csv(paths["csv"], results, environment, settings_json)
     write_json(paths["json"], results, environment, settings_json, arguments, elapsed)
     print(f"\n{len(results)} rows in {elapsed:.0f} s; wrote {', '.join(str(p) for p in paths.values())}")
-    if others is not None and others > 0.25:
-        print(f"warning: other processes used {others:.1f} of {environment['usable_cpus']} CPUs on average during "
-              f"the run; these timings are distorted, rerun on a quiet machine", file=sys.stderr)
+    warn_if_distorted(others, environment, "the run")
     return paths
 
 

@@ -82,31 +82,19 @@ def test_nn_lstm_breaks_the_graph():
 
 # --- One graph per call pattern: new tensors of the same shapes must not recompile ---------------------
 
-def compiled_graphs():
-    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
-
-
-@pytest.fixture
-def fresh_dynamo():
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    yield
-    torch._dynamo.reset()
-
-
-def test_compiled_module_compiles_once_for_new_inputs(device, fresh_dynamo):
+def test_compiled_module_compiles_once_for_new_inputs(device, dynamo_graphs):
     # The default backend; the id-based dedupe of eager calls once made every new input a new graph.
     model = torch.compile(lstm_ext.LSTM(3, 4, num_layers=2).to(device))
     for _ in range(4):
         model(torch.randn(5, 2, 3, device=device))
-    assert compiled_graphs() == 1
+    assert dynamo_graphs() == 1
     with torch.no_grad():
         for _ in range(4):
             model(torch.randn(5, 2, 3, device=device))
-    assert compiled_graphs() == 2  # grad mode is a guard of its own, as for any compiled module
+    assert dynamo_graphs() == 2  # grad mode is a guard of its own, as for any compiled module
 
 
-def test_compiled_training_step_compiles_once(device, fresh_dynamo):
+def test_compiled_training_step_compiles_once(device, dynamo_graphs):
     model = Tagger().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 
@@ -122,10 +110,10 @@ def test_compiled_training_step_compiles_once(device, fresh_dynamo):
         step(x)
         optimizer.step()
         optimizer.zero_grad()
-    assert compiled_graphs() == 1
+    assert dynamo_graphs() == 1
 
 
-def test_compiled_cell_loop_compiles_once_per_pattern(device, fresh_dynamo):
+def test_compiled_cell_loop_compiles_once_per_pattern(device, dynamo_graphs):
     cell = lstm_ext.LSTMCell(3, 4).to(device)
     compiled = torch.compile(cell, backend="aot_eager")
 
@@ -138,33 +126,33 @@ def test_compiled_cell_loop_compiles_once_per_pattern(device, fresh_dynamo):
             h, c = compiled(torch.randn(2, 3, device=device), (h, c))
 
     run_sequence()
-    after_one = compiled_graphs()
+    after_one = dynamo_graphs()
     assert after_one <= 3  # no state; states from the graph (requiring grad); fresh states (not)
     for _ in range(3):
         run_sequence()
-    assert compiled_graphs() == after_one
+    assert dynamo_graphs() == after_one
 
 
-def test_compiled_dynamic_sequence_lengths(device, fresh_dynamo):
+def test_compiled_dynamic_sequence_lengths(device, dynamo_graphs):
     model = torch.compile(lstm_ext.LSTM(3, 4).to(device), dynamic=True, backend="aot_eager")
     for seq_len in (3, 5, 8, 13, 21):
         model(torch.randn(seq_len, 2, 3, device=device))
-    assert compiled_graphs() <= 2
+    assert dynamo_graphs() <= 2
 
 
-def test_compiled_packed_sequences_with_same_rows_compile_once(device, fresh_dynamo):
+def test_compiled_packed_sequences_with_same_rows_compile_once(device, dynamo_graphs):
     lstm = lstm_ext.LSTM(3, 4, bidirectional=True).to(device)
     compiled = torch.compile(lstm, backend="aot_eager")
     lengths = torch.tensor([5, 3, 2])
     compiled(pack_padded_sequence(torch.randn(5, 3, 3, device=device), lengths, enforce_sorted=False))
-    after_first = compiled_graphs()
+    after_first = dynamo_graphs()
     assert after_first >= 1
     for _ in range(4):
         compiled(pack_padded_sequence(torch.randn(5, 3, 3, device=device), lengths, enforce_sorted=False))
-    assert compiled_graphs() == after_first
+    assert dynamo_graphs() == after_first
 
 
-def test_compiled_module_takes_packed_input_in_one_graph(device, fresh_dynamo):
+def test_compiled_module_takes_packed_input_in_one_graph(device, dynamo_graphs):
     # Called with the PackedSequence itself, as users do (without fullgraph, which would make dynamo capture
     # a read of batch_sizes instead of breaking there): one graph, no break at the batch size.
     lstm = lstm_ext.LSTM(3, 4).to(device)
@@ -174,4 +162,4 @@ def test_compiled_module_takes_packed_input_in_one_graph(device, fresh_dynamo):
     expected_output, (expected_h, expected_c) = lstm(packed)
     for a, e in ((output.data, expected_output.data), (h_n, expected_h), (c_n, expected_c)):
         torch.testing.assert_close(a, e)
-    assert compiled_graphs() == 1
+    assert dynamo_graphs() == 1

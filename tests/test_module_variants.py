@@ -546,16 +546,7 @@ def test_cell_eval_is_the_expectation_and_draws_nothing():
 
 # ---- torch.compile: the masks are drawn inside the graph
 
-
-@pytest.fixture
-def fresh_dynamo():
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    yield
-    torch._dynamo.reset()
-
-
-def test_compiled_training_forward_draws_the_eager_masks(fresh_dynamo):
+def test_compiled_training_forward_draws_the_eager_masks(dynamo_graphs):
     lstm = lstm_ext.LSTM(3, 5, num_layers=2, bidirectional=True, peephole=True, layer_norm=True,
                          recurrent_dropout=0.3, zoneout=(0.2, 0.1))
     compiled = torch.compile(lstm, fullgraph=True, backend="aot_eager")
@@ -567,7 +558,7 @@ def test_compiled_training_forward_draws_the_eager_masks(fresh_dynamo):
     assert torch.equal(actual[0], expected[0]) and torch.equal(actual[2], expected[2])
 
 
-def test_compiled_packed_training_forward_is_one_graph(fresh_dynamo):
+def test_compiled_packed_training_forward_is_one_graph(dynamo_graphs):
     # sample_masks takes a packed input's batch from sorted_indices, not from batch_sizes (data to dynamo)
     lstm = lstm_ext.LSTM(3, 4, zoneout=0.2, recurrent_dropout=0.2)
     compiled = torch.compile(lstm, backend="aot_eager")
@@ -577,4 +568,4 @@ def test_compiled_packed_training_forward_is_one_graph(fresh_dynamo):
     torch.manual_seed(0)
     expected = lstm(packed, return_cell_states=True)
     assert torch.equal(actual[0].data, expected[0].data) and torch.equal(actual[2].data, expected[2].data)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert dynamo_graphs() == 1

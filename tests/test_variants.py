@@ -829,19 +829,7 @@ def test_module_zoneout_with_projection_is_not_implemented():
 
 # --- torch.compile ------------------------------------------------------------------------------------
 
-def compiled_graphs():
-    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
-
-
-@pytest.fixture
-def fresh_dynamo():
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    yield
-    torch._dynamo.reset()
-
-
-def test_compiled_module_with_variants_trains_in_one_graph_like_eager(device, fresh_dynamo):
+def test_compiled_module_with_variants_trains_in_one_graph_like_eager(device, dynamo_graphs):
     # fullgraph: a graph break raises. The masks are drawn inside the graph from the default generator, so the
     # same seed gives eager's masks. New inputs of the same shapes reuse the graph.
     module = make_module(dict(ALL_VARIANTS), device)
@@ -860,7 +848,7 @@ def test_compiled_module_with_variants_trains_in_one_graph_like_eager(device, fr
         actual = train_step(compiled, x)
         for e, a in zip(expected, actual):
             torch.testing.assert_close(a, e, **TOL)
-    assert compiled_graphs() == 1
+    assert dynamo_graphs() == 1
 
 
 # === LSTMCell ========================================================================================
