@@ -324,8 +324,9 @@ LSTM_CELL_ROW_FN void input_norm_row(const Exec& ex, const InputNormRow<S>& r) {
 }
 
 // Its backward, after the loop: dL/d(x W_ih^T) from dL/dG; and each column's terms of the layer norm weights'
-// gradients, dL/dG * LN(x W_ih^T) and dL/dG * LN(h W_hh^T), added to the caller's partial sums.
-template <typename S>
+// gradients, dL/dG * LN(x W_ih^T) and dL/dG * LN(h W_hh^T), added to the caller's partial sums (kept in the
+// math type A: the executor's lanes load and store A as well as S).
+template <typename S, typename A>
 struct InputNormBackwardRow {
   int64_t width;                   // 4H
   const S* grad_gates;             // [4H] dL/dG
@@ -334,12 +335,12 @@ struct InputNormBackwardRow {
   const S* stats;                  // [4]: [0] the input product's rstd
   const S* weight;                 // layer_norm_weight_ih [4H]
   S* grad_product;                 // [4H] out
-  S* sum_weight_ih;                // [4H] in/out: += dL/dG * LN(x W_ih^T)
-  S* sum_weight_hh;                // [4H] in/out: += dL/dG * LN(h W_hh^T)
+  A* sum_weight_ih;                // [4H] in/out: += dL/dG * LN(x W_ih^T)
+  A* sum_weight_hh;                // [4H] in/out: += dL/dG * LN(h W_hh^T)
 };
 
 template <typename S, typename A, typename Exec>
-LSTM_CELL_ROW_FN void input_norm_backward_row(const Exec& ex, const InputNormBackwardRow<S>& r) {
+LSTM_CELL_ROW_FN void input_norm_backward_row(const Exec& ex, const InputNormBackwardRow<S, A>& r) {
   const int64_t n = r.width;
   const A rstd = static_cast<A>(r.stats[0]);
   const A mean_grad = ex.sum(n, [&](const auto& l, int64_t j) {

@@ -295,7 +295,7 @@ InputNormGrads normalize_input_backward_rows(const at::Tensor& grad_gates, const
       const int64_t last = std::min(rows, (block + 1) * kInputNormRowsPerPartial);
       for (int64_t row = block * kInputNormRowsPerPartial; row < last; ++row) {
         const int64_t at = row * width;
-        const cell_rows::InputNormBackwardRow<S> r{width, g + at, x + at, x_recurrent + at, stats + row * 4,
+        const cell_rows::InputNormBackwardRow<S, S> r{width, g + at, x + at, x_recurrent + at, stats + row * 4,
                                                    weight.const_data_ptr<S>(), out + at, block_sums,
                                                    block_sums + width};
         cell_rows::input_norm_backward_row<S, S>(RowExec<S>{}, r);

@@ -46,6 +46,26 @@ class CudaStepKernels final : public StepKernels {
                                       launch_backward_step<scalar_t>(args, device_launch_policy(), launcher);
                                     });
   }
+  void normalize_input(const RowBlock& gates, const RowBlock& normalized, const RowBlock& stats,
+                       const at::Tensor& weight, const at::Tensor& bias_ih, const at::Tensor& bias_hh,
+                       const at::TensorOptions& options) const override {
+    const StreamLauncher launcher{at::cuda::getCurrentCUDAStream()};
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, options.dtype().toScalarType(),
+                                    "lstm_ext_cuda_normalize_input", [&] {
+                                      launch_input_norm<scalar_t>(gates, normalized, stats, weight, bias_ih, bias_hh,
+                                                                  device_launch_policy(), launcher);
+                                    });
+  }
+  InputNormGrads normalize_input_backward(const at::Tensor& grad_gates, const at::Tensor& normalized,
+                                          const at::Tensor& row_stats, const at::Tensor& weight) const override {
+    const StreamLauncher launcher{at::cuda::getCurrentCUDAStream()};
+    return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_gates.scalar_type(),
+                                           "lstm_ext_cuda_normalize_input_backward", [&] {
+                                             return launch_input_norm_backward<scalar_t>(
+                                                 grad_gates, normalized, row_stats, weight, device_launch_policy(),
+                                                 launcher);
+                                           });
+  }
 };
 
 }  // namespace

@@ -83,12 +83,18 @@ __global__ void lstm_backward_pointwise_kernel(const scalar_t* __restrict__ gate
 
 // ---- The variants: a row per block (grid-stride over rows), lstm_cell_rows.h's algorithm. ----
 
-// One value at a time, stored as scalar_t, computed in acc_t.
+// One value at a time, stored as scalar_t (or, for sums kept across rows, acc_t), computed in acc_t.
 template <typename scalar_t, typename acc_t>
 struct ThreadLanes {
   using type = acc_t;
-  __device__ __forceinline__ acc_t load(const scalar_t* p) const { return static_cast<acc_t>(*p); }
-  __device__ __forceinline__ void store(scalar_t* p, acc_t v) const { *p = static_cast<scalar_t>(v); }
+  template <typename P>
+  __device__ __forceinline__ acc_t load(const P* p) const {
+    return static_cast<acc_t>(*p);
+  }
+  template <typename P>
+  __device__ __forceinline__ void store(P* p, acc_t v) const {
+    *p = static_cast<P>(v);
+  }
 };
 
 constexpr int kMaxRowThreads = 1024;
@@ -153,6 +159,45 @@ __global__ void lstm_variant_backward_kernel(cell_rows::BackwardRow<scalar_t, ac
   const BlockRowExec<scalar_t, acc_t> ex{partial};
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     cell_rows::backward_row(ex, cell_rows::backward_row_at(first, row));
+    __syncthreads();
+  }
+}
+
+// Layer norm of the input product over every row of the sequence (cell_rows::input_norm_row), a row per block.
+template <typename scalar_t, typename acc_t>
+__global__ void lstm_input_norm_kernel(cell_rows::InputNormRow<scalar_t> first, int64_t rows) {
+  LSTM_EXT_SHARED(acc_t, partial, kMaxRowThreads);
+  const BlockRowExec<scalar_t, acc_t> ex{partial};
+  const int64_t width = first.width;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    cell_rows::InputNormRow<scalar_t> r = first;
+    r.gates += row * width;
+    r.normalized += row * width;
+    r.stats += row * 4;
+    cell_rows::input_norm_row<scalar_t, acc_t>(ex, r);
+    __syncthreads();
+  }
+}
+
+// Its backward: block b takes rows b, b + gridDim.x, ... in order and adds their weight terms to its own row
+// of block_sums [gridDim.x, 2, width] (zeros before the launch), which the caller sums over blocks: no atomics.
+template <typename scalar_t, typename acc_t>
+__global__ void lstm_input_norm_backward_kernel(cell_rows::InputNormBackwardRow<scalar_t, acc_t> first,
+                                                int64_t rows, acc_t* block_sums) {
+  LSTM_EXT_SHARED(acc_t, partial, kMaxRowThreads);
+  const BlockRowExec<scalar_t, acc_t> ex{partial};
+  const int64_t width = first.width;
+  cell_rows::InputNormBackwardRow<scalar_t, acc_t> r = first;
+  r.sum_weight_ih = block_sums + blockIdx.x * 2 * width;
+  r.sum_weight_hh = r.sum_weight_ih + width;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t at = row * width;
+    r.grad_gates = first.grad_gates + at;
+    r.normalized = first.normalized + at;
+    r.normalized_recurrent = first.normalized_recurrent + at;
+    r.stats = first.stats + row * 4;
+    r.grad_product = first.grad_product + at;
+    cell_rows::input_norm_backward_row<scalar_t, acc_t>(ex, r);
     __syncthreads();
   }
 }

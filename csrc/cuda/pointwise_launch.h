@@ -7,6 +7,8 @@
 
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -117,6 +119,48 @@ void launch_backward_step(const BackwardStepArgs& args, const LaunchPolicy& poli
              static_cast<const scalar_t*>(args.grad_h_next.ptr<scalar_t>()), args.grad_c.ptr<scalar_t>(),
              args.grad_gates.ptr<scalar_t>(), static_cast<index_t>(batch), static_cast<index_t>(hidden));
   });
+}
+
+// StepKernels::normalize_input: the layer norm of the input product, a row per block.
+template <typename scalar_t, typename Launcher>
+void launch_input_norm(const RowBlock& gates, const RowBlock& normalized, const RowBlock& stats,
+                       const at::Tensor& weight, const at::Tensor& bias_ih, const at::Tensor& bias_hh,
+                       const LaunchPolicy& policy, const Launcher& launcher) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (gates.rows == 0) {
+    return;
+  }
+  const cell_rows::InputNormRow<scalar_t> first{gates.cols, gates.ptr<scalar_t>(), normalized.ptr<scalar_t>(),
+                                                stats.ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                                                data_or_null<scalar_t>(bias_ih), data_or_null<scalar_t>(bias_hh)};
+  launcher(lstm_input_norm_kernel<scalar_t, acc_t>, row_launch_config(gates.rows, gates.cols / 4, policy), first,
+           gates.rows);
+}
+
+// StepKernels::normalize_input_backward: a row per block, each block's weight terms summed in its own row of
+// block sums (acc_t), then the block sums added up by ATen's reduction: the same sums on every run.
+template <typename scalar_t, typename Launcher>
+InputNormGrads launch_input_norm_backward(const at::Tensor& grad_gates, const at::Tensor& normalized,
+                                          const at::Tensor& row_stats, const at::Tensor& weight,
+                                          const LaunchPolicy& policy, const Launcher& launcher) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t rows = grad_gates.size(0), width = grad_gates.size(1);
+  const PointwiseLaunchConfig config = row_launch_config(rows, width / 4, policy);
+  const at::Tensor block_sums =
+      at::zeros({config.blocks, 2, width}, grad_gates.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  InputNormGrads grads;
+  grads.grad_product = at::empty({rows, width}, grad_gates.options());
+  if (rows > 0) {
+    const cell_rows::InputNormBackwardRow<scalar_t, acc_t> first{
+        width, grad_gates.const_data_ptr<scalar_t>(), normalized.const_data_ptr<scalar_t>(),
+        normalized.const_data_ptr<scalar_t>() + rows * width, row_stats.const_data_ptr<scalar_t>(),
+        weight.const_data_ptr<scalar_t>(), grads.grad_product.mutable_data_ptr<scalar_t>(), nullptr, nullptr};
+    launcher(lstm_input_norm_backward_kernel<scalar_t, acc_t>, config, first, rows,
+             block_sums.mutable_data_ptr<acc_t>());
+  }
+  grads.grad_weight_ih = block_sums.select(1, 0).sum(0).to(grad_gates.scalar_type());
+  grads.grad_weight_hh = block_sums.select(1, 1).sum(0).to(grad_gates.scalar_type());
+  return grads;
 }
 
 }  // namespace cuda

@@ -39,6 +39,20 @@ class EmulatedCudaStepKernels final : public StepKernels {
     AT_DISPATCH_FLOATING_TYPES(args.dtype, "lstm_ext_emulated_backward_step",
                                [&] { cuda::launch_backward_step<scalar_t>(args, policy_, launcher_); });
   }
+  void normalize_input(const RowBlock& gates, const RowBlock& normalized, const RowBlock& stats,
+                       const at::Tensor& weight, const at::Tensor& bias_ih, const at::Tensor& bias_hh,
+                       const at::TensorOptions& options) const override {
+    AT_DISPATCH_FLOATING_TYPES(options.dtype().toScalarType(), "lstm_ext_emulated_normalize_input", [&] {
+      cuda::launch_input_norm<scalar_t>(gates, normalized, stats, weight, bias_ih, bias_hh, policy_, launcher_);
+    });
+  }
+  InputNormGrads normalize_input_backward(const at::Tensor& grad_gates, const at::Tensor& normalized,
+                                          const at::Tensor& row_stats, const at::Tensor& weight) const override {
+    return AT_DISPATCH_FLOATING_TYPES(grad_gates.scalar_type(), "lstm_ext_emulated_normalize_input_backward", [&] {
+      return cuda::launch_input_norm_backward<scalar_t>(grad_gates, normalized, row_stats, weight, policy_,
+                                                        launcher_);
+    });
+  }
 
  private:
   cuda::LaunchPolicy policy_;
