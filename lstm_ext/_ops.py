@@ -43,6 +43,10 @@ GRAD_OF = {"input": "grad_input", "weight_ih": "grad_weight_ih", "weight_hh": "g
                                if name.startswith(("weight_peephole", "layer_norm_"))}}
 # The forward's results that are differentiable: output, h_n, c_n and the cell states.
 DIFFERENTIABLE_RESULTS = ("output", "h_n", "c_n", "cells")
+# The forward's leading arguments without a default: nn.LSTM's cell's. A call without the variants passes
+# only these, and the op fills in the rest (faster than passing them from Python).
+PLAIN_ARGS = sum(1 for a in lstm_layer_forward._schema.arguments if not a.has_default_value())
+assert all(a.has_default_value() for a in lstm_layer_forward._schema.arguments[PLAIN_ARGS:])
 
 
 def compiled_backends() -> tuple[str, ...]:

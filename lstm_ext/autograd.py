@@ -27,30 +27,35 @@ def _call_below_autograd(op, args):
 _AUTOCAST_KEYS = (torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
                   | torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCUDA))
 _NON_DIFFERENTIABLE = [i for i, name in enumerate(ForwardResults._fields) if name not in _ops.DIFFERENTIABLE_RESULTS]
+# Each forward argument's default (None where it has none), and where its gradient is among the backward's results.
+_ARGUMENT_DEFAULTS = [ForwardArgs._field_defaults.get(name) for name in ForwardArgs._fields]
+_GRAD_POSITION = [BackwardResults._fields.index(_ops.GRAD_OF[name]) if name in _ops.GRAD_OF else None
+                  for name in ForwardArgs._fields]
+assert BackwardArgs._fields[:4] == ("grad_output", "grad_h_n", "grad_c_n", "grad_cells")
+assert BackwardArgs._fields[4:-1] == ForwardArgs._fields + ForwardResults._fields
 
 
 def _setup_context(ctx, inputs, output):
-    args = ForwardArgs(*inputs)
     ctx.mark_non_differentiable(*[output[i] for i in _NON_DIFFERENTIABLE])
     ctx.set_materialize_grads(False)  # absent grads stay None: no [T, B, 4H] of zeros for gates
-    ctx.flags = {name: value for name, value in args._asdict().items() if not isinstance(value, torch.Tensor)
-                 and value is not None}
-    ctx.tensor_names = [name for name, value in args._asdict().items() if isinstance(value, torch.Tensor)]
-    ctx.save_for_backward(*[getattr(args, name) for name in ctx.tensor_names], *output)
+    # The arguments with their tensors taken out (saved for the backward instead), and where those were.
+    ctx.tensor_positions = [i for i, value in enumerate(inputs) if isinstance(value, torch.Tensor)]
+    ctx.arguments = [None if isinstance(value, torch.Tensor) else value for value in inputs]
+    ctx.save_for_backward(*[inputs[i] for i in ctx.tensor_positions], *output)
 
 
 def _saved(ctx):
-    """The forward's arguments and results, as the context kept them."""
+    """The forward's arguments (all of them, defaults for those it was not given) and results, as the
+    context kept them."""
     saved = ctx.saved_tensors
-    n = len(ctx.tensor_names)
-    values = dict.fromkeys(ForwardArgs._fields)
-    values.update(ctx.flags)
-    values.update(zip(ctx.tensor_names, saved[:n]))
-    return ForwardArgs(**values), ForwardResults(*saved[n:])
+    values = ctx.arguments + _ARGUMENT_DEFAULTS[len(ctx.arguments):]
+    for i, tensor in zip(ctx.tensor_positions, saved):
+        values[i] = tensor
+    return ForwardArgs._make(values), ForwardResults._make(saved[len(ctx.tensor_positions):])
 
 
 def _backward(ctx, *grads):
-    grads = ForwardResults(*grads)
+    grads = ForwardResults._make(grads)
     args, results = _saved(ctx)
     if not args.training:
         raise RuntimeError(
@@ -64,13 +69,11 @@ def _backward(ctx, *grads):
     grad_output = grads.output if grads.output is not None else torch.zeros_like(results.output)
     grad_h_n = grads.h_n if grads.h_n is not None else torch.zeros_like(args.h0)
     grad_c_n = grads.c_n if grads.c_n is not None else torch.zeros_like(args.c0)
-    backward_args = BackwardArgs(grad_output, grad_h_n, grad_c_n, grads.cells, *args, *results,
-                                 need_grad_input=ctx.needs_input_grad[0])
-    computed = BackwardResults(*_call_below_autograd(_ops.lstm_layer_backward, backward_args))
+    computed = _call_below_autograd(_ops.lstm_layer_backward, (grad_output, grad_h_n, grad_c_n, grads.cells, *args,
+                                                               *results, ctx.needs_input_grad[0]))
     # One gradient per argument the forward was given (LSTMFunction.apply may leave the variants' out).
-    return tuple(getattr(computed, _ops.GRAD_OF[name])
-                 if name in _ops.GRAD_OF and getattr(args, name) is not None and needed else None
-                 for name, needed in zip(ForwardArgs._fields, ctx.needs_input_grad))
+    return tuple(computed[grad] if grad is not None and needed and args[i] is not None else None
+                 for i, (grad, needed) in enumerate(zip(_GRAD_POSITION, ctx.needs_input_grad)))
 
 
 def _differentiable_backward(ctx, args, grads):
@@ -145,6 +148,11 @@ class LSTMFunction(torch.autograd.Function):
         inputs = (input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse, training,
                   weight_peephole, layer_norm_weight_ih, layer_norm_weight_hh, layer_norm_weight_c, layer_norm_bias_c,
                   recurrent_mask, zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell, zoneout_hidden)
+        if (weight_peephole is None and layer_norm_weight_ih is None and layer_norm_weight_hh is None
+                and layer_norm_weight_c is None and layer_norm_bias_c is None and recurrent_mask is None
+                and zoneout_cell_mask is None and zoneout_hidden_mask is None and zoneout_cell == 0.0
+                and zoneout_hidden == 0.0):
+            inputs = inputs[:_ops.PLAIN_ARGS]  # the op fills in its defaults faster than Python passes them
         if torch._C._is_any_autocast_enabled():
             # The op's autocast kernel would cast what the context saves uncast: the Function runs in the
             # inputs' dtypes (the module routes autocast through the op itself).

@@ -70,11 +70,16 @@ def sample_masks(input: Tensor, num_layers: int, bidirectional: bool, batch_firs
                         zoneout_pairs if zoneout_cell > 0 or zoneout_hidden > 0 else None)
 
 
-def _layer(args: ForwardArgs, keep_cells: bool = False):
+_TRAINING = ForwardArgs._fields.index("training")
+_CELLS = ForwardResults._fields.index("cells")
+
+
+def _layer(args: ForwardArgs, keep_cells: bool = False, plain: bool = False):
     """One (layer, direction): ``(output, h_n, c_n, cells)``. Eager calls keep the activations for a backward
     whenever a gradient may be asked for; a recorded program (torch.export, torch.jit.trace) keeps them when
     ``args.training`` (the module's mode) is set, so an eval() model records the inference op whatever the
-    grad mode, as nn.LSTM's does. ``keep_cells``: the cell states are wanted (cells is None otherwise)."""
+    grad mode, as nn.LSTM's does. ``keep_cells``: the cell states are wanted (cells is None otherwise).
+    ``plain``: every variant argument has its default, and the op is given only the first PLAIN_ARGS."""
     eager = not torch.compiler.is_compiling()
     if not eager:
         # torch.compile cannot trace an autograd.Function given one tensor in two places (hx = (zeros, zeros)):
@@ -84,21 +89,23 @@ def _layer(args: ForwardArgs, keep_cells: bool = False):
     elif torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0:
         output, h_n, c_n, cells = composite.layer(*args)  # torch.func and forward-mode AD see every op
         return output, h_n, c_n, cells if keep_cells else None
-    needs_grad = torch.is_grad_enabled() and any([isinstance(t, Tensor) and t.requires_grad for t in args])
+    given = args[:_ops.PLAIN_ARGS] if plain else args
+    needs_grad = torch.is_grad_enabled() and any([isinstance(t, Tensor) and t.requires_grad for t in given])
     jit_tracing = eager and torch._C._get_tracing_state() is not None
     if jit_tracing or torch.compiler.is_exporting():
         needs_grad = args.training
     keep = needs_grad or keep_cells
+    if keep != args.training:
+        given = (*given[:_TRAINING], keep, *given[_TRAINING + 1:])
     if torch._C._is_any_autocast_enabled() or jit_tracing:
         # Through the op's own autograd kernel, below its autocast kernel (which casts the inputs first), and
         # as one op in a TorchScript trace.
-        results = _ops.lstm_layer_forward(*args._replace(training=keep))
+        results = _ops.lstm_layer_forward(*given)
     elif needs_grad:
-        results = LSTMFunction.apply(*args._replace(training=True))
+        results = LSTMFunction.apply(*given)
     else:
-        results = _ops.lstm_layer_forward(*args._replace(training=keep))
-    results = ForwardResults(*results)
-    return results.output, results.h_n, results.c_n, results.cells if keep_cells else None
+        results = _ops.lstm_layer_forward(*given)
+    return results[0], results[1], results[2], results[_CELLS] if keep_cells else None
 
 
 def lstm(
@@ -175,20 +182,21 @@ def lstm(
         if state.dim() != 3 or state.size(0) != num_layers * num_directions:
             raise ValueError(f"lstm: {name} must have shape [num_layers * num_directions = "
                              f"{num_layers * num_directions}, batch, hidden_size], got {tuple(state.shape)}")
-    layers = num_layers * num_directions
-    for name, masks in (("recurrent_dropout_masks", recurrent_dropout_masks), ("zoneout_masks", zoneout_masks)):
-        if masks is not None and len(masks) != layers:
-            raise ValueError(f"lstm: {name} must hold one entry per layer and direction ({layers}), got "
-                             f"{len(masks)}")
-    zoneout_cell, zoneout_hidden = _zoneout_rates(zoneout)
-    draw_recurrent = training and recurrent_dropout > 0 and recurrent_dropout_masks is None
-    draw_zoneout = training and (zoneout_cell > 0 or zoneout_hidden > 0) and zoneout_masks is None
-    if draw_recurrent or draw_zoneout:
-        drawn = sample_masks(input, num_layers, bidirectional, batch_first, c0.size(-1),
-                             h0.size(-1) if projected else 0, recurrent_dropout if draw_recurrent else 0.0,
-                             zoneout if draw_zoneout else 0.0, batch_sizes)
-        recurrent_dropout_masks = drawn.recurrent_dropout_masks if draw_recurrent else recurrent_dropout_masks
-        zoneout_masks = drawn.zoneout_masks if draw_zoneout else zoneout_masks
+    if variants:
+        layers = num_layers * num_directions
+        for name, masks in (("recurrent_dropout_masks", recurrent_dropout_masks), ("zoneout_masks", zoneout_masks)):
+            if masks is not None and len(masks) != layers:
+                raise ValueError(f"lstm: {name} must hold one entry per layer and direction ({layers}), got "
+                                 f"{len(masks)}")
+        zoneout_cell, zoneout_hidden = _zoneout_rates(zoneout)
+        draw_recurrent = training and recurrent_dropout > 0 and recurrent_dropout_masks is None
+        draw_zoneout = training and (zoneout_cell > 0 or zoneout_hidden > 0) and zoneout_masks is None
+        if draw_recurrent or draw_zoneout:
+            drawn = sample_masks(input, num_layers, bidirectional, batch_first, c0.size(-1),
+                                 h0.size(-1) if projected else 0, recurrent_dropout if draw_recurrent else 0.0,
+                                 zoneout if draw_zoneout else 0.0, batch_sizes)
+            recurrent_dropout_masks = drawn.recurrent_dropout_masks if draw_recurrent else recurrent_dropout_masks
+            zoneout_masks = drawn.zoneout_masks if draw_zoneout else zoneout_masks
 
     to_time_major = batch_first and batch_sizes is None
 
@@ -201,10 +209,18 @@ def lstm(
         direction_outputs = []
         for direction in range(num_directions):
             index = layer * num_directions + direction
-            w = list(flat_weights[index * per_direction:(index + 1) * per_direction])
+            w = flat_weights[index * per_direction:(index + 1) * per_direction]
             bias_ih, bias_hh = (w[2], w[3]) if has_biases else (None, None)
-            rest = w[base:]
-            weight_hr = rest.pop(0) if projected else None
+            weight_hr = w[base] if projected else None
+            if not variants:
+                args = ForwardArgs(layer_input, batch_sizes, w[0], w[1], bias_ih, bias_hh, weight_hr, h0[index],
+                                   c0[index], direction == 1, training)
+                output, h, c, _ = _layer(args, plain=True)
+                direction_outputs.append(output)
+                h_n.append(h)
+                c_n.append(c)
+                continue
+            rest = list(w[base + (1 if projected else 0):])
             weight_peephole = rest.pop(0) if peephole else None
             layer_norm_weights = rest if layer_norm else [None] * 4
             cell_mask, hidden_mask = zoneout_masks[index] if zoneout_masks is not None else (None, None)
@@ -265,5 +281,7 @@ def lstm_cell(
                        None if cell_mask is None else cell_mask.unsqueeze(0),
                        None if hidden_mask is None else hidden_mask.unsqueeze(0),
                        zoneout_cell if cell_mask is None else 0.0, zoneout_hidden if hidden_mask is None else 0.0)
-    _, h, c, _ = _layer(args)
+    plain = (weight_peephole is None and layer_norm_weights is None and recurrent_mask is None
+             and zoneout_masks is None and not isinstance(zoneout, (tuple, list)) and zoneout == 0.0)
+    _, h, c, _ = _layer(args, plain=plain)
     return h, c

@@ -150,7 +150,9 @@ class LSTM(nn.Module):
 
     def _variants_on(self) -> bool:
         """Whether forward passes anything beyond nn.LSTM's arguments (forget_bias is only an initialisation)."""
-        return self.peephole or self.layer_norm or self.recurrent_dropout > 0 or any(_zoneout_rates(self))
+        zoneout = self.zoneout
+        return (self.peephole or self.layer_norm or self.recurrent_dropout > 0
+                or (any(zoneout) if isinstance(zoneout, tuple) else zoneout != 0))
 
     def _inexpressible_variants(self) -> list[str]:
         """The variants torch.nn.LSTM / LSTMCell (and their TorchScript and ONNX forms) do not compute, as
@@ -306,9 +308,13 @@ class LSTM(nn.Module):
         if input.device != weight.device:
             _raise_parameter_device(input, weight)
 
-        variants = self._lstm_variant_args(input, return_cell_states)
-        result = lstm(input, hx, self._lstm_weights(weights), self.bias, self.num_layers, self.dropout,
-                      self.training, self.bidirectional, self.batch_first, **variants)
+        if return_cell_states or self._variants_on():
+            result = lstm(input, hx, self._lstm_weights(weights), self.bias, self.num_layers, self.dropout,
+                          self.training, self.bidirectional, self.batch_first,
+                          **self._lstm_variant_args(input, return_cell_states))
+        else:  # nn.LSTM's call
+            result = lstm(input, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
+                          self.bidirectional, self.batch_first)
         output, (h_n, c_n) = result[0], result[1]
         if not is_batched:
             output = output.squeeze(batch_dim)
