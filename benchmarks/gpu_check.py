@@ -11,12 +11,17 @@
    its JUnit XML;
 4. sweep: `benchmarks/sweep.py --quick --device cuda`, lstm_ext against nn.LSTM on cuDNN (if it stops on
    a disagreement, once more with NVIDIA_TF32_OVERRIDE=0, cuDNN in full float32, in the time left);
-5. report: gpu-check/<UTC time>/report.md, with every step's raw output beside it.
+5. recurrence: lstm_ext with LSTM_EXT_CUDA_RECURRENCE=persistent and =alternating against nn.LSTM (cuDNN),
+   T=256, B {1, 8, 32, 64} x H {256, 512, 1024}, float32 and bfloat16, inference and training step, with
+   the cost model's predicted ratios (benchmarks/cost_model.py) beside the measured ones;
+6. report: gpu-check/<UTC time>/report.md, with every step's raw output beside it.
 
 Every step runs under a timeout (its cap, cut where needed so that the later steps keep their reserve,
-all within BUDGET_S), so a hang costs only its own step. A failing test does not stop the sweep; a failed
-build stops the rest. Exit status: 0 when the build, the tests and the sweep all passed, 1 when one
-failed or timed out, 2 when the preflight refused.
+all within BUDGET_S), so a hang costs only its own step; a step learns its timeout from the environment
+variable GPU_CHECK_STEP_TIMEOUT_S (the recurrence benchmark stops itself before it). A failing test does not
+stop the sweep; a failed build stops the rest. Exit status: 0 when the build, the tests, the sweep and the
+recurrence benchmark all passed (persistent measurements that are "n/a" do not fail it; a persistent path
+that disagrees with the alternating one does), 1 when one failed or timed out, 2 when the preflight refused.
 
     python benchmarks/gpu_check.py                          # the whole check (make gpu-check)
     python benchmarks/gpu_check.py --dry-run --capability 9.0 --jobs 16   # the plan only, nothing is run
@@ -39,11 +44,15 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cost_model  # noqa: E402  (plain Python: the predicted ratios beside the measured ones)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
@@ -60,6 +69,23 @@ REMOVED_VARIABLES = ("FORCE_CPU",  # wins over FORCE_CUDA in lstm_ext/_build.py:
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 PROBE_TAG, VERIFY_TAG = "GPU_CHECK_PROBE ", "GPU_CHECK_VERIFY "
+STEP_TIMEOUT_VARIABLE = "GPU_CHECK_STEP_TIMEOUT_S"  # each step's timeout, in its environment
+
+# The recurrence stage: the cost model's grid, timed on the GPU.
+RECURRENCE_VARIABLE = "LSTM_EXT_CUDA_RECURRENCE"  # read by the op on every call (std::getenv)
+RECURRENCE_SEQ_LEN = 256
+RECURRENCE_BATCHES = cost_model.GRID_BATCHES
+RECURRENCE_HIDDEN = cost_model.GRID_HIDDEN
+RECURRENCE_DTYPES = cost_model.DTYPES
+RECURRENCE_MODES = cost_model.MODES
+RECURRENCE_IMPLEMENTATIONS = ("persistent", "alternating", "nn.LSTM")
+RECURRENCE_REPEATS = 5  # timed runs per implementation at most
+RECURRENCE_MIN_RUN_S = 0.01  # a timed run repeats the call until it lasts this long
+RECURRENCE_MARGIN_S = 10  # stop this long before the step's timeout: the JSON is written, the process exits
+CUDA_FAULT = re.compile(r"CUDA error|cudaError|illegal memory access|device-side assert|unspecified launch failure",
+                        re.I)
+PERSISTENT_KERNELS = {"infer": ("lstm_persistent_forward_kernel",),
+                      "train": ("lstm_persistent_forward_kernel", "lstm_persistent_backward_kernel")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +163,8 @@ def build_env(capability: tuple[int, int], jobs: int) -> tuple[tuple[str, str | 
 
 
 def make_plan(capability: tuple[int, int], jobs: int, python: str, report_dir: Path) -> list[Step]:
-    """The steps in order. Steps 1-4b also get PYTHONUNBUFFERED=1 (logs complete up to a kill)."""
+    """The steps in order; every child gets PYTHONUNBUFFERED=1 (logs complete up to a kill). The conditional
+    sweep-tf32-off runs right after the sweep, before the recurrence stage."""
     env = build_env(capability, jobs)
     cap = arch_list(capability)
     return [
@@ -150,15 +177,37 @@ def make_plan(capability: tuple[int, int], jobs: int, python: str, report_dir: P
              (python, str(SCRIPT), "--verify-build", cap), env, 60, 30, "verify.log"),
         Step("tests", "the whole test suite, CUDA-parametrized tests on the GPU",
              (python, "-m", "pytest", str(ROOT / "tests"), "-v", "-o", "junit_family=xunit1",
-              f"--junitxml={report_dir / 'pytest.xml'}"), env, 330, 150, "pytest.log"),
+              f"--junitxml={report_dir / 'pytest.xml'}"), env, 330, 120, "pytest.log"),
         Step("sweep", "quick sweep, lstm_ext vs nn.LSTM (cuDNN) on CUDA, float32",
              (python, str(ROOT / "benchmarks" / "sweep.py"), "--quick", "--device", "cuda", "--no-progress",
-              "--out", str(report_dir / "sweep")), env, 120, 90, "sweep.log"),
+              "--out", str(report_dir / "sweep")), env, 120, 60, "sweep.log"),
         Step("sweep-tf32-off", "the sweep again with cuDNN kept off TF32 tensor cores",
              (python, str(ROOT / "benchmarks" / "sweep.py"), "--quick", "--device", "cuda", "--no-progress",
               "--out", str(report_dir / "sweep-tf32-off")), env + (("NVIDIA_TF32_OVERRIDE", "0"),), 120, 0,
              "sweep-tf32-off.log", only_if="the sweep stopped because lstm_ext and nn.LSTM disagree"),
+        Step("recurrence", f"{RECURRENCE_VARIABLE}=persistent vs =alternating vs nn.LSTM (cuDNN): "
+                           f"T={RECURRENCE_SEQ_LEN}, B {_listed(RECURRENCE_BATCHES)} x H {_listed(RECURRENCE_HIDDEN)}, "
+                           f"{' and '.join(RECURRENCE_DTYPES)}, inference and training step, beside the cost "
+                           f"model's ratios; it stops itself {RECURRENCE_MARGIN_S} s before its timeout",
+             (python, str(SCRIPT), "--time-recurrence", str(report_dir / "recurrence")),
+             env + ((RECURRENCE_VARIABLE, UNSET),), 120, 60, "recurrence.log"),
     ]
+
+
+def _listed(values) -> str:
+    return "{" + ", ".join(str(v) for v in values) + "}"
+
+
+def step_labels(steps: list[Step]) -> list[str]:
+    """"0.", "1.", ..., a conditional step numbered after the step before it: "4b."."""
+    labels, number = [], -1
+    for step in steps:
+        if step.only_if:
+            labels.append(f"{number}b.")
+        else:
+            number += 1
+            labels.append(f"{number}.")
+    return labels
 
 
 def step_timeout(steps: list[Step], index: int, elapsed_s: float, budget_s: float = BUDGET_S) -> float:
@@ -195,10 +244,10 @@ def format_plan(steps: list[Step], capability: tuple[int, int], capability_sourc
         "",
     ]
     schedule = {name: (start, timeout) for name, start, timeout in worst_case_schedule(steps)}
-    for number, step in enumerate(steps):
-        label = f"{number}." if not step.only_if else f"{number - 1}b."
+    for label, step in zip(step_labels(steps), steps):
         if step.only_if:
-            limits = f"only if {step.only_if}; timeout: the time left, at most {step.cap_s} s"
+            limits = (f"only if {step.only_if}; timeout: the time left less the later steps' reserve, at most "
+                      f"{step.cap_s} s")
         else:
             start, timeout = schedule[step.name]
             limits = (f"cap {step.cap_s} s, reserve {step.reserve_s} s; worst case starts at +{start:.0f} s "
@@ -207,7 +256,8 @@ def format_plan(steps: list[Step], capability: tuple[int, int], capability_sourc
         lines.append(f"      {limits}; output -> {step.log}")
         lines.append(f"      $ {step.command_line()}")
     end = sum(timeout for _, _, timeout in worst_case_schedule(steps))
-    lines.append(f"  {str(len(steps) - 1) + '.':<4}{'report':<15}{_short(str(report_dir / 'report.md'))}, "
+    report_label = f"{sum(1 for s in steps if not s.only_if)}."
+    lines.append(f"  {report_label:<4}{'report':<15}{_short(str(report_dir / 'report.md'))}, "
                  f"also when every step ran to its timeout: by +{end:.0f} s (+{GRACE_S} s grace)")
     return "\n".join(lines)
 
@@ -357,6 +407,190 @@ def verify_build(capability: tuple[int, int]) -> dict:
     return result
 
 
+# --- the recurrence paths (runs in a child: python gpu_check.py --time-recurrence DIR) ------------------
+
+def recurrence_points() -> list[tuple[int, int, str]]:
+    """(batch, hidden, dtype) in the order they are timed: the small batches, where the persistent kernel is
+    predicted to matter most, first, so that a run cut short still has them."""
+    return [(b, h, d) for b in RECURRENCE_BATCHES for h in RECURRENCE_HIDDEN for d in RECURRENCE_DTYPES]
+
+
+def measurement_budget(seconds_left: float, measurements_left: int) -> float:
+    """Seconds of timed runs one measurement may take: the time left shared evenly, a third of it for the timed
+    runs (the rest: first calls, the path check, warm-up)."""
+    return max(0.0, seconds_left) / max(1, measurements_left) / 3
+
+
+def unavailable_reason(error: BaseException) -> str:
+    """"n/a (...)"'s reason: the RuntimeError's first line, without the C++ source location torch appends."""
+    text = _first_line(str(error), 240)
+    return re.sub(r"\s*\(?Exception raised from .*$", "", text) or type(error).__name__
+
+
+def predicted_ratios(batch: int, hidden: int, dtype: str, mode: str, gpu_name: str | None) -> dict:
+    gpu = cost_model.GPUS["h200" if gpu_name and "H200" in gpu_name else "h100"]
+    p = cost_model.predict(batch, hidden, dtype, mode, RECURRENCE_SEQ_LEN, gpu)
+    return {"gpu_model": gpu.name, "persistent_over_alternating": round(p.ratio("persistent", "alternating"), 4),
+            "persistent_over_cudnn": round(p.ratio("persistent", "cudnn"), 4)}
+
+
+def time_recurrence(out_dir: Path, timeout_s: float | None, device: str = "cuda") -> dict:
+    """Times LSTM_EXT_CUDA_RECURRENCE=persistent and =alternating (one lstm_ext module, the variable set before
+    each call: the op reads it per call) against nn.LSTM over the cost model's grid; writes
+    out_dir/recurrence.json after every point. The persistent path counts only where the profiler saw its
+    kernels run; a RuntimeError of the persistent path is recorded as "n/a (reason)". `device` "cpu" runs
+    the same procedure where no GPU is (the tests: no persistent kernel ever runs there)."""
+    started = time.monotonic()
+    deadline = started + (timeout_s - RECURRENCE_MARGIN_S if timeout_s else 600)
+    import torch
+
+    import lstm_ext
+    sys.path.insert(0, str(SCRIPT.parent))
+    from lstm_workloads import assert_results_agree, lstm_input, lstm_pair, lstm_steps, synchronizer
+    from sweep import calls_per_run, run_timed, time_alternating, warm_up
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gpu_name = torch.cuda.get_device_name(0) if device == "cuda" else f"none ({device})"
+    document = {
+        "environment": {"gpu": gpu_name, "torch": torch.__version__, "cuda": torch.version.cuda,
+                        "cudnn_version": torch.backends.cudnn.version() if device == "cuda" else None,
+                        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+                        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                        "lstm_ext_has_cuda_recurrence": hasattr(lstm_ext, "cuda_recurrence")},
+        "settings": {"seq_len": RECURRENCE_SEQ_LEN, "repeats": RECURRENCE_REPEATS,
+                     "min_run_s": RECURRENCE_MIN_RUN_S, "timeout_s": timeout_s},
+        "rows": [], "not_run": [], "complete": False,
+    }
+    path = out_dir / "recurrence.json"
+
+    def save():
+        document["seconds"] = round(time.monotonic() - started, 1)
+        scratch = path.with_suffix(".tmp")
+        scratch.write_text(json.dumps(document, indent=2) + "\n")
+        scratch.replace(path)
+
+    synchronize = synchronizer(device)
+    previous = os.environ.get(RECURRENCE_VARIABLE)
+
+    def with_recurrence(value, step):
+        def run():
+            os.environ[RECURRENCE_VARIABLE] = value
+            return step()
+        return run
+
+    def persistent_kernels_seen(step) -> tuple[list[str] | None, object, str]:
+        """(the lstm_persistent_* kernels one call launched, its result, a note if the profiler failed)."""
+        try:
+            from torch.profiler import ProfilerActivity, profile
+            with profile(activities=[ProfilerActivity.CUDA]) as trace:
+                result = step()
+                synchronize()
+            names = {event.name for event in trace.events()}
+            return sorted({k for k in PERSISTENT_KERNELS["train"] for name in names if k in name}), result, ""
+        except RuntimeError:
+            raise
+        except Exception as error:  # no CUPTI: time anyway, say the path was not checked
+            return None, step(), f"path not checked (profiler: {type(error).__name__}: {_first_line(str(error))})"
+
+    points = [(b, h, d, m) for b, h, d in recurrence_points() for m in RECURRENCE_MODES]
+    alternating_checked = set()
+    try:
+        for index, (batch, hidden, dtype_name, mode) in enumerate(points):
+            if index % len(RECURRENCE_MODES) == 0:
+                dtype = getattr(torch, dtype_name)
+                modules = lstm_pair(hidden, hidden, device=device, dtype=dtype)
+                x = lstm_input(RECURRENCE_SEQ_LEN, batch, hidden, device=device, dtype=dtype)
+            measurements_left = (len(points) - index) * len(RECURRENCE_IMPLEMENTATIONS)
+            if time.monotonic() > deadline - 2.0:
+                document["not_run"] = [dict(zip(("batch", "hidden", "dtype", "mode"), p)) for p in points[index:]]
+                break
+            base = lstm_steps(modules, x, mode)
+            steps = {"persistent": with_recurrence("persistent", base["ext"]),
+                     "alternating": with_recurrence("alternating", base["ext"]), "nn.LSTM": base["torch"]}
+            row = {"batch": batch, "hidden": hidden, "dtype": dtype_name, "mode": mode,
+                   "seq_len": RECURRENCE_SEQ_LEN, "median_ms": {}, "min_ms": {}, "runs": {}, "unavailable": {},
+                   "disagreement": {}, "max_abs_diff_vs_alternating": {}, "notes": [],
+                   "predicted": predicted_ratios(batch, hidden, dtype_name, mode, gpu_name)}
+            results, first_seconds = {}, {}
+            for name in RECURRENCE_IMPLEMENTATIONS:
+                step = steps[name]
+                try:
+                    if name == "persistent" or (name == "alternating" and (dtype_name, mode) not in alternating_checked):
+                        kernels, results[name], note = persistent_kernels_seen(step)
+                        if note:
+                            row["notes"].append(f"{name}: {note}")
+                        if name == "persistent":
+                            row["persistent_kernels"] = kernels
+                            missing = [k for k in PERSISTENT_KERNELS[mode] if kernels is not None and k not in kernels]
+                            if kernels is None and not hasattr(lstm_ext, "cuda_recurrence"):
+                                # Without the profiler only the contract tells: a build that predates it
+                                # would ignore the variable and time the alternating path under this name.
+                                row["unavailable"][name] = ("cannot tell which path ran: no profiler, and this "
+                                                            "lstm_ext has no cuda_recurrence()")
+                                del results[name]
+                                continue
+                            if missing:
+                                row["unavailable"][name] = (f"{RECURRENCE_VARIABLE}=persistent ran no "
+                                                            f"{', '.join(missing)}: this build has no persistent path")
+                                del results[name]
+                                continue
+                        elif kernels:
+                            row["disagreement"][name] = (f"{RECURRENCE_VARIABLE}=alternating ran {', '.join(kernels)}"
+                                                         f": the variable did not reach the op")
+                            del results[name]
+                            continue
+                        else:
+                            alternating_checked.add((dtype_name, mode))
+                    first_seconds[name] = run_timed(step, 1, synchronize)
+                    if name not in results:
+                        results[name] = step()
+                except RuntimeError as error:
+                    if name != "persistent":
+                        raise
+                    if CUDA_FAULT.search(str(error)):  # a crash of the kernel, not the contract's refusal
+                        row["disagreement"][name] = f"failed: {unavailable_reason(error)}"
+                    else:
+                        row["unavailable"][name] = unavailable_reason(error)
+            if "persistent" in results and "alternating" not in results:
+                row["notes"].append("persistent: not checked against the alternating path (which did not run)")
+            if "alternating" in results:
+                for name in ("persistent", "nn.LSTM"):
+                    if name not in results:
+                        continue
+                    (outputs, _), (reference, _) = results[name], results["alternating"]
+                    row["max_abs_diff_vs_alternating"][name] = max(
+                        (a.float() - b.float()).abs().max().item() for a, b in zip(outputs, reference))
+                if "persistent" in results:
+                    try:
+                        assert_results_agree(results["persistent"], results["alternating"], dtype)
+                    except AssertionError as error:
+                        row["disagreement"]["persistent"] = f"disagrees with alternating: {_first_line(str(error))}"
+            timed = {name: steps[name] for name in RECURRENCE_IMPLEMENTATIONS
+                     if name in first_seconds and name not in row["disagreement"]}
+            results.clear()
+            if timed:
+                budget = measurement_budget(deadline - time.monotonic(), measurements_left)
+                last = warm_up(timed, {n: first_seconds[n] for n in timed}, 2, min(0.05, budget / 4), synchronize)
+                calls = calls_per_run(last, RECURRENCE_MIN_RUN_S)
+                seconds = time_alternating(timed, RECURRENCE_REPEATS, budget * len(timed), calls, synchronize)
+                row["calls_per_run"] = calls
+                for name, runs in seconds.items():
+                    row["median_ms"][name] = round(statistics.median(runs) * 1e3, 4)
+                    row["min_ms"][name] = round(min(runs) * 1e3, 4)
+                    row["runs"][name] = len(runs)
+            document["rows"].append(row)
+            save()
+        else:
+            document["complete"] = True
+    finally:
+        if previous is None:
+            os.environ.pop(RECURRENCE_VARIABLE, None)
+        else:
+            os.environ[RECURRENCE_VARIABLE] = previous
+        save()
+    return document
+
+
 # --- running the steps ---------------------------------------------------------------------------------
 
 def child_env(step: Step) -> dict[str, str]:
@@ -374,8 +608,9 @@ def run_command(step: Step, timeout: float, log_path: Path | None) -> tuple[int 
     so that a timeout reaches its children too (ninja's compilers, pytest's subprocesses)."""
     started = time.monotonic()
     log = open(log_path, "w") if log_path else subprocess.PIPE
+    env = child_env(step) | {STEP_TIMEOUT_VARIABLE: f"{timeout:.0f}"}
     try:
-        child = subprocess.Popen(step.argv, cwd=ROOT, env=child_env(step), stdout=log, stderr=subprocess.STDOUT,
+        child = subprocess.Popen(step.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, text=True, start_new_session=True)
         timed_out = False
         try:
@@ -576,6 +811,94 @@ def sweep_markdown(document: dict) -> str:
     return "\n".join(lines)
 
 
+def load_recurrence(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "recurrence.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def recurrence_problems(document: dict | None) -> list[str]:
+    """Failures the recurrence stage found: a persistent path that disagrees with the alternating one, or an
+    alternating measurement that ran the persistent kernels."""
+    problems = []
+    for row in (document or {}).get("rows", []):
+        for name, what in row.get("disagreement", {}).items():
+            problems.append(f"{row['mode']} {row['dtype']} H={row['hidden']} B={row['batch']}: {name} {what}")
+    return problems
+
+
+def _ratio_cell(row: dict, over: str) -> str:
+    ms = row.get("median_ms", {})
+    if "persistent" in ms and over in ms and ms[over] > 0:
+        return f"{ms['persistent'] / ms[over]:.2f}"
+    return "-"
+
+
+def _time_cell(row: dict, name: str) -> str:
+    if name in row.get("median_ms", {}):
+        return _ms(row["median_ms"][name])
+    if name in row.get("unavailable", {}):
+        return "n/a (" + _cell(row["unavailable"][name]) + ")"
+    if name in row.get("disagreement", {}):
+        return "not timed (" + _cell(row["disagreement"][name]) + ")"
+    return "-"
+
+
+def recurrence_markdown(document: dict) -> str:
+    """The recurrence stage's measurements, a table per mode: times, measured and predicted ratios."""
+    environment, settings = document.get("environment", {}), document.get("settings", {})
+    rows = document.get("rows", [])
+    predicted_for = next((r["predicted"].get("gpu_model") for r in rows if r.get("predicted")), "?")
+    lines = [f"{len(rows)} points measured{'' if document.get('complete') else ' (incomplete)'} in "
+             f"{document.get('seconds', '?')} s on {environment.get('gpu', '?')}, T={settings.get('seq_len', '?')}, "
+             f"one layer, I = H; ms per call (median of up to {settings.get('repeats', '?')} runs). P = "
+             f"{RECURRENCE_VARIABLE}=persistent, A = {RECURRENCE_VARIABLE}=alternating, C = nn.LSTM (cuDNN {environment.get('cudnn_version', '?')}"
+             f", allow_tf32 {environment.get('cudnn_allow_tf32', '?')}). Ratios measured, with the cost model's "
+             f"prediction ({predicted_for}, `benchmarks/cost_model.py`) beside them.", ""]
+    labels = {"infer": "Inference (forward)", "train": "Training step (forward + backward)"}
+    for mode in RECURRENCE_MODES:
+        selected = sorted((r for r in rows if r["mode"] == mode),
+                          key=lambda r: (RECURRENCE_DTYPES.index(r["dtype"]) if r["dtype"] in RECURRENCE_DTYPES
+                                         else 99, r["hidden"], r["batch"]))
+        if not selected:
+            continue
+        lines += [f"### {labels[mode]}", "",
+                  "| dtype | H | B | P ms | A ms | C ms | P / A measured | P / A predicted | P / C measured | "
+                  "P / C predicted |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in selected:
+            predicted = r.get("predicted") or {}
+            over_a, over_c = (predicted.get(k) for k in ("persistent_over_alternating", "persistent_over_cudnn"))
+            lines.append(f"| {r['dtype']} | {r['hidden']} | {r['batch']} | {_time_cell(r, 'persistent')} | "
+                         f"{_time_cell(r, 'alternating')} | {_time_cell(r, 'nn.LSTM')} | "
+                         f"{_ratio_cell(r, 'alternating')} | {'-' if over_a is None else f'{over_a:.2f}'} | "
+                         f"{_ratio_cell(r, 'nn.LSTM')} | {'-' if over_c is None else f'{over_c:.2f}'} |")
+        lines.append("")
+    measured = [r for r in rows if "persistent" in r.get("median_ms", {})]
+    for over, key, label in (("alternating", "persistent_over_alternating", "P / A"),
+                             ("nn.LSTM", "persistent_over_cudnn", "P / C")):
+        errors = [float(_ratio_cell(r, over)) / r["predicted"][key] for r in measured
+                  if _ratio_cell(r, over) != "-" and r.get("predicted", {}).get(key)]
+        if errors:
+            lines.append(f"- {label}: measured / predicted, geometric mean {geometric_mean(errors):.2f} "
+                         f"(range {min(errors):.2f} – {max(errors):.2f}) over {len(errors)} measurements")
+    unavailable = {}
+    for r in rows:
+        for name, reason in r.get("unavailable", {}).items():
+            unavailable.setdefault(f"{name}: {reason}", []).append(f"{r['mode']} {r['dtype']} H={r['hidden']} "
+                                                                    f"B={r['batch']}")
+    lines.append(f"- persistent path timed at {len(measured)} of {len(rows)} measured points")
+    lines += [f"- n/a at {len(where)} points: {reason}" for reason, where in unavailable.items()]
+    lines += [f"- **problem:** {p}" for p in recurrence_problems(document)]
+    notes = sorted({note for r in rows for note in r.get("notes", [])})
+    lines += [f"- note: {note}" for note in notes]
+    if document.get("not_run"):
+        lines.append(f"- not run (the stage's time ran out): {len(document['not_run'])} measurements, from "
+                     + ", ".join(f"{p['mode']} {p['dtype']} H={p['hidden']} B={p['batch']}"
+                                 for p in document["not_run"][:4]) + (" ..." if len(document["not_run"]) > 4 else ""))
+    return "\n".join(lines)
+
+
 # --- the report ----------------------------------------------------------------------------------------
 
 def _cell(text) -> str:
@@ -682,6 +1005,17 @@ def render_report(data: dict) -> str:
                       f"Last lines of {result.log}:", "", "```", data.get(f"{name}_tail", ""), "```"]
         lines.append("")
 
+    result = by_name.get("recurrence")
+    if result is not None:
+        lines += ["## Recurrence paths: persistent vs alternating vs nn.LSTM (cuDNN)", ""]
+        document = data.get("recurrence")
+        if document and document.get("rows"):
+            lines += [recurrence_markdown(document), "", f"Raw: `recurrence/recurrence.json`, `{result.log}`."]
+        else:
+            lines += [f"No results ({result.status}{': ' + result.note if result.note else ''}). Last lines of "
+                      f"{result.log}:", "", "```", data.get("recurrence_tail", ""), "```"]
+        lines.append("")
+
     lines += ["## Raw files", ""] + [f"- `{f}`" for f in data.get("files", [])]
     return "\n".join(lines) + "\n"
 
@@ -726,7 +1060,10 @@ def run_check(args, report_dir: Path) -> int:
     data = {"probe": info, "started_utc": started_utc, "report_dir": _short(str(report_dir)), "jobs": args.jobs,
             "arch_list": arch_list(capability), "steps": results, "sweeps": {}}
 
-    def run(index: int, skip_reason: str = "", timeout: float | None = None) -> StepResult:
+    position = {step.name: index for index, step in enumerate(steps)}
+
+    def run(name: str, skip_reason: str = "", timeout: float | None = None) -> StepResult:
+        index = position[name]
         step = steps[index]
         if timeout is None:
             timeout = step_timeout(steps, index, time.monotonic() - started)
@@ -746,11 +1083,11 @@ def run_check(args, report_dir: Path) -> int:
         return result
 
     build_started = time.time()
-    build = run(1)
+    build = run("build")
     data["build_tail"] = tail(report_dir / "build.log")
     data["gencode"] = gencode_targets((report_dir / "build.log").read_text(errors="replace")
                                       if (report_dir / "build.log").exists() else "")
-    verify = run(2, "" if build.status == "ok" else "the build did not succeed")
+    verify = run("verify", "" if build.status == "ok" else "the build did not succeed")
     data["verify"] = tagged_json((report_dir / "verify.log").read_text(errors="replace")
                                  if (report_dir / "verify.log").exists() else "", VERIFY_TAG)
     mtime = (data["verify"] or {}).get("module_mtime")
@@ -760,19 +1097,22 @@ def run_check(args, report_dir: Path) -> int:
     if data["verify"] and data["verify"]["problems"]:
         verify.status, verify.note = "failed", "; ".join(data["verify"]["problems"])
     built = build.status == "ok" and verify.status == "ok"
-    tests = run(3, "" if built else "no verified build to test")
+    tests = run("tests", "" if built else "no verified build to test")
     data["junit"] = summarize_junit(report_dir / "pytest.xml") if tests.status != "skipped" else None
     if tests.status != "skipped" and (report_dir / "pytest.log").exists():
         data["pytest_partial"] = summarize_pytest_log((report_dir / "pytest.log").read_text(errors="replace"))
-    sweep = run(4, "" if built else "no verified build to time")
+    sweep = run("sweep", "" if built else "no verified build to time")
     data["sweeps"]["sweep"] = load_sweep(report_dir / "sweep") if sweep.status == "ok" else None
     data["sweep_tail"] = tail(report_dir / "sweep.log", 25)
     sweep_log = (report_dir / "sweep.log").read_text(errors="replace") if (report_dir / "sweep.log").exists() else ""
     if sweep.status == "failed" and "sweep stopped:" in sweep_log and "disagree" in sweep_log:
         sweep.note = "lstm_ext and nn.LSTM disagree (see sweep.log)"
-        again = run(5, timeout=min(steps[5].cap_s, BUDGET_S - (time.monotonic() - started)))
+        again = run("sweep-tf32-off")
         data["sweeps"]["sweep-tf32-off"] = load_sweep(report_dir / "sweep-tf32-off") if again.status == "ok" else None
         data["sweep-tf32-off_tail"] = tail(report_dir / "sweep-tf32-off.log", 25)
+    recurrence = run("recurrence", "" if built else "no verified build to time")
+    data["recurrence"] = load_recurrence(report_dir / "recurrence") if recurrence.status != "skipped" else None
+    data["recurrence_tail"] = tail(report_dir / "recurrence.log", 25)
 
     reasons = []
     if not built:
@@ -790,6 +1130,13 @@ def run_check(args, report_dir: Path) -> int:
         reasons.append("no test passed on CUDA: the CUDA tests did not run on the GPU")
     if built and not any(data["sweeps"].values()):
         reasons.append(f"the sweep produced no results ({sweep.status}{': ' + sweep.note if sweep.note else ''})")
+    if recurrence.status == "timed out":
+        reasons.append("the recurrence benchmark timed out (it stops itself before its timeout: something hung)")
+    elif built and recurrence.status != "skipped" and not (data["recurrence"] or {}).get("rows"):
+        reasons.append(f"the recurrence benchmark produced no results ({recurrence.status})")
+    problems = recurrence_problems(data["recurrence"])
+    if problems:
+        reasons.append(f"the recurrence paths disagree at {len(problems)} measurements (report: Recurrence paths)")
     data["verdict_reasons"] = reasons
     data["exit_status"] = EXIT_FAILED if reasons else EXIT_OK
     written = sorted(str(p.relative_to(report_dir)) for p in report_dir.rglob("*") if p.is_file())
@@ -797,7 +1144,8 @@ def run_check(args, report_dir: Path) -> int:
     report = report_dir / "report.md"
     report.write_text(render_report(data))
     (report_dir / "summary.json").write_text(json.dumps(
-        {key: value for key, value in data.items() if key not in ("build_tail", "sweep_tail", "sweep-tf32-off_tail")}
+        {key: value for key, value in data.items()
+         if key not in ("build_tail", "sweep_tail", "sweep-tf32-off_tail", "recurrence_tail")}
         | {"steps": [dataclasses.asdict(r) for r in results]}, indent=2, default=str) + "\n")
     shown = os.path.relpath(report) if report.is_relative_to(Path.cwd()) else str(report)
     print(f"\ngpu-check: {'PASSED' if not reasons else 'FAILED: ' + '; '.join(reasons)} "
@@ -807,8 +1155,9 @@ def run_check(args, report_dir: Path) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="make gpu-check: build lstm_ext for this machine's GPU only, run the test suite and the quick "
-                    "sweep against nn.LSTM (cuDNN) on it, and write gpu-check/<UTC time>/report.md, all within "
+        description="make gpu-check: build lstm_ext for this machine's GPU only, run the test suite, the quick "
+                    "sweep against nn.LSTM (cuDNN) and the persistent/alternating recurrence benchmark on it, and "
+                    "write gpu-check/<UTC time>/report.md, all within "
                     f"{BUDGET_S} s. Exit status 0 passed, 1 failed, 2 refused (no GPU, nvcc or CUDA torch).")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
     parser.add_argument("--capability", type=_capability_arg, metavar="MAJOR.MINOR",
@@ -821,6 +1170,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", help="the report folder's name (default: the UTC start time, 20261201T200000Z)")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--verify-build", type=_capability_arg, metavar="MAJOR.MINOR", help=argparse.SUPPRESS)
+    parser.add_argument("--time-recurrence", type=Path, metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
@@ -839,6 +1189,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         print(PROBE_TAG + json.dumps(probe()), flush=True)
         return EXIT_OK
+    if args.time_recurrence:
+        timeout = float(os.environ.get(STEP_TIMEOUT_VARIABLE) or 0) or None
+        document = time_recurrence(args.time_recurrence.resolve(), timeout)
+        print(recurrence_markdown(document), flush=True)
+        return EXIT_FAILED if recurrence_problems(document) else EXIT_OK
     if args.verify_build:
         result = verify_build(args.verify_build)
         print(json.dumps(result, indent=2))

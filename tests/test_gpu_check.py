@@ -1,14 +1,17 @@
 """benchmarks/gpu_check.py (`make gpu-check`) without a GPU: the plan it derives from a compute capability
 (environment, commands in order, timeouts within the budget, report path), the refusal where no GPU is
-present, the readers of pytest's JUnit XML and the sweep's JSON, the report, and the whole orchestration with
-stand-in commands in place of the build, the tests and the sweep."""
+present, the readers of pytest's JUnit XML and the sweep's JSON, the recurrence stage's grid and its table of
+measured against predicted ratios, the report, and the whole orchestration with stand-in commands in place
+of the build, the tests, the sweep and the recurrence benchmark."""
 
 import dataclasses
 import importlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -35,7 +38,8 @@ def by_name(steps):
 def test_plan_for_capability_9_0_builds_for_sm_90_only_then_tests_then_sweeps(gpu_check, tmp_path):
     report_dir = tmp_path / "gpu-check" / "run"
     steps = gpu_check.make_plan((9, 0), 16, "/usr/bin/python3", report_dir)
-    assert [s.name for s in steps] == ["preflight", "build", "verify", "tests", "sweep", "sweep-tf32-off"]
+    assert [s.name for s in steps] == ["preflight", "build", "verify", "tests", "sweep", "sweep-tf32-off",
+                                       "recurrence"]
     assert all(s.argv[0] == "/usr/bin/python3" for s in steps)
     steps = by_name(steps)
 
@@ -59,8 +63,14 @@ def test_plan_for_capability_9_0_builds_for_sm_90_only_then_tests_then_sweeps(gp
     again = steps["sweep-tf32-off"]
     assert again.only_if and dict(again.env)["NVIDIA_TF32_OVERRIDE"] == "0"
     assert again.argv[-1] == str(report_dir / "sweep-tf32-off")
+    recurrence = steps["recurrence"]
+    assert recurrence.argv[1:] == (str(SCRIPT), "--time-recurrence", str(report_dir / "recurrence"))
+    assert not recurrence.only_if
+    # The benchmark sets LSTM_EXT_CUDA_RECURRENCE itself before every call; an inherited value is removed.
+    assert dict(recurrence.env)["LSTM_EXT_CUDA_RECURRENCE"] is None
+    assert dict(recurrence.env)["TORCH_CUDA_ARCH_LIST"] == "9.0" and dict(recurrence.env)["FORCE_CPU"] is None
     assert [s.log for s in steps.values()] == ["preflight.json", "build.log", "verify.log", "pytest.log",
-                                               "sweep.log", "sweep-tf32-off.log"]
+                                               "sweep.log", "sweep-tf32-off.log", "recurrence.log"]
 
 
 @pytest.mark.parametrize("text, capability, arch, sm", [
@@ -83,16 +93,23 @@ def test_malformed_capability_is_refused(gpu_check, text):
 def test_every_step_fits_in_the_ten_minutes(gpu_check, tmp_path):
     steps = gpu_check.make_plan((9, 0), 16, "python", tmp_path)
     schedule = gpu_check.worst_case_schedule(steps)
-    assert [name for name, _, _ in schedule] == ["preflight", "build", "verify", "tests", "sweep"]
+    assert [name for name, _, _ in schedule] == ["preflight", "build", "verify", "tests", "sweep", "recurrence"]
     end = sum(timeout for _, _, timeout in schedule)
     assert end <= gpu_check.BUDGET_S and gpu_check.BUDGET_S + gpu_check.GRACE_S + 10 <= 600
     for (name, _, timeout), step in zip(schedule, steps):
         assert timeout >= max(step.reserve_s, gpu_check.MIN_STEP_S), name
-    # A usual run (preflight 10 s, build 100 s, verify 10 s): the tests get their whole cap, the sweep too.
-    assert gpu_check.step_timeout(steps, 3, 120) == steps[3].cap_s == 330
-    assert gpu_check.step_timeout(steps, 4, 400) == 120
-    # A slow build: the tests are cut so that the sweep keeps its 90 s.
-    assert gpu_check.step_timeout(steps, 3, 300) == gpu_check.BUDGET_S - 300 - 90
+    index = {step.name: i for i, step in enumerate(steps)}
+    # A usual run (preflight 10 s, build 100 s, verify 10 s): the tests get their whole cap.
+    assert gpu_check.step_timeout(steps, index["tests"], 120) == steps[index["tests"]].cap_s == 330
+    # Tests done by +380 s: the sweep gets its cap, the recurrence stage the rest.
+    assert gpu_check.step_timeout(steps, index["sweep"], 380) == 120
+    assert gpu_check.step_timeout(steps, index["recurrence"], 450) == 120
+    # A slow build: the tests are cut so that the sweep and the recurrence stage keep their 60 s each.
+    assert gpu_check.step_timeout(steps, index["tests"], 300) == gpu_check.BUDGET_S - 300 - 60 - 60
+    # Late tests: the sweep is cut to leave the recurrence stage its reserve; so is the conditional sweep.
+    assert gpu_check.step_timeout(steps, index["sweep"], 460) == gpu_check.BUDGET_S - 460 - 60
+    assert gpu_check.step_timeout(steps, index["sweep-tf32-off"], 480) == gpu_check.BUDGET_S - 480 - 60
+    assert gpu_check.step_labels(steps) == ["0.", "1.", "2.", "3.", "4.", "4b.", "5."]
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
@@ -109,8 +126,14 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
     assert "FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 (device code sm_90 only)" in out
     assert f"report          {tmp_path / 'fixed' / 'report.md'}" in out
     positions = [out.index(marker) for marker in ("-m pip install", "--verify-build 9.0", "-m pytest tests",
-                                                  "sweep.py --quick --device cuda", "NVIDIA_TF32_OVERRIDE=0")]
+                                                  "sweep.py --quick --device cuda", "NVIDIA_TF32_OVERRIDE=0",
+                                                  "5.  recurrence", "-u LSTM_EXT_CUDA_RECURRENCE",
+                                                  f"--time-recurrence {tmp_path / 'fixed' / 'recurrence'}",
+                                                  "6.  report")]
     assert positions == sorted(positions)
+    assert ("LSTM_EXT_CUDA_RECURRENCE=persistent vs =alternating vs nn.LSTM (cuDNN): T=256, B {1, 8, 32, 64} x "
+            "H {256, 512, 1024}, float32 and bfloat16, inference and training step") in out
+    assert "4b. sweep-tf32-off" in out
     assert "(dry run: nothing was run)" in out
     assert not any(tmp_path.iterdir())
 
@@ -304,6 +327,22 @@ elif role in ("sweep", "sweep-tf32-off"):
            "speedup": 3.0, "max_abs_diff": 1e-7}
     (out / "sweep.json").write_text(json.dumps({"environment": {"nn_lstm_backend": {"name": "cuDNN"}},
                                                 "results": [row]}))
+elif role == "recurrence":
+    if "LSTM_EXT_CUDA_RECURRENCE" in os.environ:
+        sys.exit("LSTM_EXT_CUDA_RECURRENCE was inherited")
+    if behaviour == "hang":
+        time.sleep(60)
+    out = Path(sys.argv[sys.argv.index("--time-recurrence") + 1])
+    out.mkdir(parents=True)
+    row = {"batch": 1, "hidden": 256, "dtype": "float32", "mode": "infer", "seq_len": 256,
+           "median_ms": {"alternating": 2.0, "nn.LSTM": 0.6} | ({} if behaviour == "disagree" else {"persistent": 0.5}),
+           "unavailable": {},
+           "disagreement": {"persistent": "disagrees with alternating: not close"} if behaviour == "disagree" else {},
+           "predicted": {"gpu_model": "H200 SXM", "persistent_over_alternating": 0.2, "persistent_over_cudnn": 0.9}}
+    (out / "recurrence.json").write_text(json.dumps({
+        "environment": {"gpu": "NVIDIA H200"}, "complete": True, "seconds": 1.0, "rows": [] if behaviour == "empty"
+        else [row], "settings": {"seq_len": 256, "timeout_s": float(os.environ["GPU_CHECK_STEP_TIMEOUT_S"])}}))
+    sys.exit(1 if behaviour == "disagree" else 0)
 '''
 
 
@@ -323,6 +362,7 @@ def stand_ins(gpu_check, monkeypatch, tmp_path):
 
         monkeypatch.setattr(gpu_check, "make_plan", plan)
         monkeypatch.setenv("FORCE_CPU", "1")  # would make the real build CPU-only: the steps must not see it
+        monkeypatch.setenv("LSTM_EXT_CUDA_RECURRENCE", "persistent")  # the recurrence stage must not inherit it
         monkeypatch.setattr(gpu_check, "GRACE_S", 2)
         monkeypatch.setattr(gpu_check, "MIN_STEP_S", 1)
         report_dir = tmp_path / "gpu-check" / "run"
@@ -337,13 +377,18 @@ def test_a_failing_test_does_not_stop_the_sweep_and_fails_the_run(stand_ins, cap
     assert code == 1
     assert [(s["name"], s["status"]) for s in summary["steps"]] == [
         ("preflight", "ok"), ("build", "ok"), ("verify", "ok"), ("tests", "failed"), ("sweep", "failed"),
-        ("sweep-tf32-off", "ok")]
+        ("sweep-tf32-off", "ok"), ("recurrence", "ok")]
     assert "arch 9.0 jobs 7 False" in (report_dir / "build.log").read_text()
     report = (report_dir / "report.md").read_text()
     assert "**1 passed, 1 failed, 0 errors, 0 skipped**" in report
     assert "- `tests/test_ops.py::test_backward[cuda]` (failed): AssertionError: not close" in report
     assert "No results (failed: lstm_ext and nn.LSTM disagree (see sweep.log))" in report
     assert "| 128 | 1 | 16 | 1 | 0.250 / 0.750 | 3.00x | 1.0e-07 |" in report
+    assert report.index("## Benchmark sweep") < report.index("## Recurrence paths") < report.index("## Raw files")
+    assert "| float32 | 256 | 1 | 0.500 | 2.000 | 0.600 | 0.25 | 0.20 | 0.83 | 0.90 |" in report
+    # The stage learned its own timeout from the environment.
+    steps = {s["name"]: s for s in summary["steps"]}
+    assert summary["recurrence"]["settings"]["timeout_s"] == round(steps["recurrence"]["timeout_s"])
     assert summary["verdict_reasons"] == ["tests failed"]
     assert capsys.readouterr().out.rstrip().endswith(f"Report: {report_dir / 'report.md'}")
 
@@ -354,6 +399,7 @@ def test_a_hanging_test_suite_is_stopped_and_reported(stand_ins):
     steps = {s["name"]: s for s in summary["steps"]}
     assert steps["tests"]["status"] == "timed out" and steps["tests"]["seconds"] < 10
     assert steps["sweep"]["status"] == "ok" and "sweep-tf32-off" not in steps
+    assert steps["recurrence"]["status"] == "ok"
     report = (report_dir / "report.md").read_text()
     assert "**The test step timed out after 2 s**; it was running `tests/test_cuda.py::test_hangs[cuda]`" in report
     assert summary["verdict_reasons"] == ["the tests timed out"]
@@ -363,7 +409,8 @@ def test_a_failed_build_skips_the_tests_and_the_sweep(stand_ins):
     code, report_dir, summary = stand_ins(build="fail")
     assert code == 1
     assert [(s["name"], s["status"]) for s in summary["steps"]][1:] == [
-        ("build", "failed"), ("verify", "skipped"), ("tests", "skipped"), ("sweep", "skipped")]
+        ("build", "failed"), ("verify", "skipped"), ("tests", "skipped"), ("sweep", "skipped"),
+        ("recurrence", "skipped")]
     report = (report_dir / "report.md").read_text()
     assert "Last lines of build.log:" in report and "code=sm_90 pointwise_cuda.cu" in report
     assert summary["verdict_reasons"][0] == "the build failed"
@@ -375,4 +422,260 @@ def test_a_build_the_tests_would_not_import_stops_the_run(stand_ins):
     steps = {s["name"]: s for s in summary["steps"]}
     assert steps["verify"]["status"] == "failed" and "older than this build" in steps["verify"]["note"]
     assert steps["tests"]["status"] == "skipped" and steps["sweep"]["status"] == "skipped"
+    assert steps["recurrence"]["status"] == "skipped"
     assert summary["verdict_reasons"] == ["the built module failed its check (verify.log)"]
+
+
+def test_a_disagreeing_persistent_path_fails_the_run(stand_ins):
+    code, report_dir, summary = stand_ins(recurrence="disagree")
+    assert code == 1
+    steps = {s["name"]: s for s in summary["steps"]}
+    assert steps["recurrence"]["status"] == "failed" and steps["sweep"]["status"] == "ok"
+    assert "the recurrence paths disagree at 1 measurements (report: Recurrence paths)" in summary["verdict_reasons"]
+    report = (report_dir / "report.md").read_text()
+    assert "| float32 | 256 | 1 | not timed (disagrees with alternating: not close) |" in report
+    assert "- **problem:** infer float32 H=256 B=1: persistent disagrees with alternating: not close" in report
+
+
+def test_a_hanging_recurrence_stage_is_stopped_and_fails_the_run(stand_ins):
+    code, report_dir, summary = stand_ins(recurrence="hang", recurrence_cap=2)
+    assert code == 1
+    steps = {s["name"]: s for s in summary["steps"]}
+    assert steps["recurrence"]["status"] == "timed out" and steps["recurrence"]["seconds"] < 10
+    assert summary["verdict_reasons"][-1].startswith("the recurrence benchmark timed out")
+    assert "## Recurrence paths" in (report_dir / "report.md").read_text()
+
+
+def test_a_recurrence_stage_without_rows_fails_the_run(stand_ins):
+    code, report_dir, summary = stand_ins(recurrence="empty")
+    assert code == 1
+    assert summary["verdict_reasons"][-1] == "the recurrence benchmark produced no results (ok)"
+    assert "No results (ok)" in (report_dir / "report.md").read_text()
+
+
+# --- the recurrence stage ------------------------------------------------------------------------------
+
+def test_recurrence_grid_is_the_cost_models_small_batches_first(gpu_check):
+    import cost_model
+    points = gpu_check.recurrence_points()
+    assert sorted(points) == sorted((b, h, d) for b in cost_model.GRID_BATCHES for h in cost_model.GRID_HIDDEN
+                                    for d in cost_model.DTYPES)
+    assert len(points) == 4 * 3 * 2 and len(set(points)) == len(points)
+    assert [b for b, _, _ in points] == sorted(b for b, _, _ in points)  # B=1 first: cut short, those stay
+    assert gpu_check.RECURRENCE_SEQ_LEN == 256 and gpu_check.RECURRENCE_MODES == ("infer", "train")
+    assert gpu_check.PERSISTENT_KERNELS["train"] == ("lstm_persistent_forward_kernel", "lstm_persistent_backward_kernel")
+
+
+def test_measurement_budget_shares_the_time_left(gpu_check):
+    assert gpu_check.measurement_budget(90, 10) == pytest.approx(3.0)
+    assert gpu_check.measurement_budget(90, 0) == pytest.approx(30.0)
+    assert gpu_check.measurement_budget(-5, 10) == 0.0
+    # The whole grid within the recurrence stage's worst-case timeout: 144 measurements, 60 s less the margin.
+    grid = len(gpu_check.recurrence_points()) * len(gpu_check.RECURRENCE_MODES) * 3
+    assert grid == 144 and gpu_check.measurement_budget(60 - gpu_check.RECURRENCE_MARGIN_S, grid) < 0.12
+
+
+def test_unavailable_reason_is_the_errors_first_line(gpu_check):
+    error = RuntimeError("lstm_ext: LSTM_EXT_CUDA_RECURRENCE=persistent: batch 96 exceeds the persistent kernel's "
+                         "limit of 64 rows\nException raised from launch at csrc/cuda/persistent_cuda.cu:120")
+    assert gpu_check.unavailable_reason(error) == ("lstm_ext: LSTM_EXT_CUDA_RECURRENCE=persistent: batch 96 exceeds "
+                                                  "the persistent kernel's limit of 64 rows")
+    located = RuntimeError("W_hh slices need 300 KiB of shared memory per block, 227 KiB available "
+                           "(Exception raised from plan at persistent_launch.h:40 (most recent call first))")
+    assert gpu_check.unavailable_reason(located) == ("W_hh slices need 300 KiB of shared memory per block, 227 KiB "
+                                                    "available")
+    assert gpu_check.unavailable_reason(RuntimeError("")) == "RuntimeError"
+    # A crash is a problem of the run, not the contract's refusal.
+    assert gpu_check.CUDA_FAULT.search("CUDA error: an illegal memory access was encountered")
+    assert not gpu_check.CUDA_FAULT.search(str(error)) and not gpu_check.CUDA_FAULT.search(str(located))
+
+
+def test_predicted_ratios_come_from_the_cost_model_for_that_gpu(gpu_check):
+    import cost_model
+    h200 = gpu_check.predicted_ratios(8, 512, "bfloat16", "train", "NVIDIA H200")
+    model = cost_model.predict(8, 512, "bfloat16", "train", 256, cost_model.GPUS["h200"])
+    assert h200 == {"gpu_model": "H200 SXM",
+                    "persistent_over_alternating": round(model.ratio("persistent", "alternating"), 4),
+                    "persistent_over_cudnn": round(model.ratio("persistent", "cudnn"), 4)}
+    assert gpu_check.predicted_ratios(8, 512, "bfloat16", "train", "NVIDIA H100 80GB HBM3")["gpu_model"] == "H100 SXM5"
+
+
+def recurrence_row(gpu_check, mode, dtype, hidden, batch, ms, unavailable=None, disagreement=None):
+    return {"batch": batch, "hidden": hidden, "dtype": dtype, "mode": mode, "seq_len": 256, "median_ms": ms,
+            "min_ms": ms, "runs": {name: 5 for name in ms}, "unavailable": unavailable or {},
+            "disagreement": disagreement or {}, "max_abs_diff_vs_alternating": {}, "notes": [],
+            "predicted": gpu_check.predicted_ratios(batch, hidden, dtype, mode, "NVIDIA H200")}
+
+
+def recurrence_document(gpu_check, disagree=False):
+    rows = [
+        recurrence_row(gpu_check, "infer", "float32", 256, 1, {"persistent": 0.5, "alternating": 2.5, "nn.LSTM": 0.625}),
+        recurrence_row(gpu_check, "infer", "bfloat16", 1024, 64, {"alternating": 3.0, "nn.LSTM": 1.0},
+                       unavailable={"persistent": "batch 64 exceeds the persistent limit of 32"}),
+        recurrence_row(gpu_check, "train", "float32", 512, 8, {"alternating": 8.0, "nn.LSTM": 2.5} if disagree else
+                       {"persistent": 2.0, "alternating": 8.0, "nn.LSTM": 2.5},
+                       disagreement={"persistent": "disagrees with alternating: output 0: not close"} if disagree
+                       else None),
+    ]
+    return {"environment": {"gpu": "NVIDIA H200", "cudnn_version": 91002, "cudnn_allow_tf32": True},
+            "settings": {"seq_len": 256, "repeats": 5}, "rows": rows, "complete": False, "seconds": 42.0,
+            "not_run": [{"batch": 64, "hidden": 1024, "dtype": "bfloat16", "mode": "train"}]}
+
+
+def test_recurrence_table_shows_measured_and_predicted_ratios(gpu_check):
+    document = recurrence_document(gpu_check)
+    text = gpu_check.recurrence_markdown(document)
+    p = {(r["mode"], r["hidden"]): r["predicted"] for r in document["rows"]}
+    assert text.startswith("3 points measured (incomplete) in 42.0 s on NVIDIA H200, T=256")
+    assert "cost model's prediction (H200 SXM, `benchmarks/cost_model.py`)" in text
+    assert text.index("### Inference (forward)") < text.index("### Training step (forward + backward)")
+    assert (f"| float32 | 256 | 1 | 0.500 | 2.500 | 0.625 | 0.20 | "
+            f"{p['infer', 256]['persistent_over_alternating']:.2f} | 0.80 | "
+            f"{p['infer', 256]['persistent_over_cudnn']:.2f} |") in text
+    assert (f"| bfloat16 | 1024 | 64 | n/a (batch 64 exceeds the persistent limit of 32) | 3.000 | 1.000 | - | "
+            f"{p['infer', 1024]['persistent_over_alternating']:.2f} | - |") in text
+    assert f"| float32 | 512 | 8 | 2.000 | 8.000 | 2.500 | 0.25 | " in text
+    errors_a = [0.2 / p["infer", 256]["persistent_over_alternating"], 0.25 / p["train", 512]["persistent_over_alternating"]]
+    mean_a = (errors_a[0] * errors_a[1]) ** 0.5
+    assert (f"- P / A: measured / predicted, geometric mean {mean_a:.2f} (range {min(errors_a):.2f} – "
+            f"{max(errors_a):.2f}) over 2 measurements") in text
+    assert "- persistent path timed at 2 of 3 measured points" in text
+    assert "- n/a at 1 points: persistent: batch 64 exceeds the persistent limit of 32" in text
+    assert "- not run (the stage's time ran out): 1 measurements, from train bfloat16 H=1024 B=64" in text
+    assert gpu_check.recurrence_problems(document) == []
+
+
+def test_a_disagreement_is_a_problem_and_not_timed(gpu_check):
+    document = recurrence_document(gpu_check, disagree=True)
+    assert gpu_check.recurrence_problems(document) == [
+        "train float32 H=512 B=8: persistent disagrees with alternating: output 0: not close"]
+    text = gpu_check.recurrence_markdown(document)
+    assert "| float32 | 512 | 8 | not timed (disagrees with alternating: output 0: not close) | 8.000 | 2.500 | - |" in text
+    assert "- **problem:** train float32 H=512 B=8: persistent disagrees with alternating" in text
+    assert "- persistent path timed at 1 of 3 measured points" in text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_time_recurrence_on_this_gpu(gpu_check, tmp_path):
+    import lstm_ext
+    if "cuda" not in lstm_ext.compiled_backends():
+        pytest.skip("lstm_ext was built without CUDA (FORCE_CPU=1 or no toolkit)")
+    document = gpu_check.time_recurrence(tmp_path, timeout_s=gpu_check.RECURRENCE_MARGIN_S + 12)
+    assert json.loads((tmp_path / "recurrence.json").read_text())["rows"] == document["rows"]
+    assert document["rows"], "no point measured in 12 s"
+    assert document["seconds"] <= gpu_check.RECURRENCE_MARGIN_S + 12  # it stopped itself before its timeout
+    assert document["complete"] or document["not_run"]
+    assert os.environ.get("LSTM_EXT_CUDA_RECURRENCE") is None
+    first = document["rows"][0]
+    assert (first["batch"], first["mode"]) == (1, "infer")
+    assert first["median_ms"]["alternating"] > 0 and first["median_ms"]["nn.LSTM"] > 0
+    assert "persistent" in first["median_ms"] or first["unavailable"].get("persistent")
+    assert gpu_check.recurrence_problems(document) == []
+
+
+class FakeProfile:
+    """torch.profiler.profile as the recurrence stage uses it, reporting the persistent kernels as launched
+    when LSTM_EXT_CUDA_RECURRENCE was `persistent_when` at the end of the profiled call (any value: None)."""
+    persistent_when = "persistent"
+
+    def __init__(self, activities):
+        self.names = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        value = os.environ.get("LSTM_EXT_CUDA_RECURRENCE")
+        if self.persistent_when is None or value == self.persistent_when:
+            self.names = ["void lstm_ext::cuda::lstm_persistent_forward_kernel<float>(Params)",
+                          "void lstm_ext::cuda::lstm_persistent_backward_kernel<float>(Params)", "gemv2T_kernel"]
+        else:
+            self.names = ["ampere_sgemm_32x32_sliced1x4_nn", "void lstm_ext::cuda::forward_step_kernel<float>()"]
+        return False
+
+    def events(self):
+        return [types.SimpleNamespace(name=name) for name in self.names]
+
+
+@pytest.mark.parametrize("profiler", ["unavailable", "no persistent kernels", "persistent kernels",
+                                      "persistent kernels for every value", "persistent kernels, wrong results"])
+def test_time_recurrence_procedure_on_the_cpu(gpu_check, tmp_path, monkeypatch, profiler):
+    """The stage's procedure where no GPU is, on a tiny grid: each point and mode becomes a row, the variable
+    is set per call and restored after, and the persistent setting is timed only where the profiler saw its
+    kernels run; the alternating setting running them is a problem."""
+    import lstm_ext
+    import torch.profiler
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny calls: OpenMP threads would only wait on each other (and on a busy machine)
+    monkeypatch.setattr(gpu_check, "RECURRENCE_BATCHES", (1,))
+    monkeypatch.setattr(gpu_check, "RECURRENCE_HIDDEN", (8, 16))
+    monkeypatch.setattr(gpu_check, "RECURRENCE_DTYPES", ("float32",))
+    monkeypatch.setattr(gpu_check, "RECURRENCE_SEQ_LEN", 4)
+    monkeypatch.setattr(gpu_check, "RECURRENCE_REPEATS", 3)
+    monkeypatch.setenv("LSTM_EXT_CUDA_RECURRENCE", "auto")
+    monkeypatch.delattr(lstm_ext, "cuda_recurrence", raising=False)
+    if profiler == "unavailable":
+        monkeypatch.setattr(torch.profiler, "profile", lambda activities: (_ for _ in ()).throw(
+            AssertionError("No activities specified for the profiler")))
+    else:
+        monkeypatch.setattr(FakeProfile, "persistent_when",
+                            None if profiler == "persistent kernels for every value" else "persistent")
+        if profiler == "no persistent kernels":
+            monkeypatch.setattr(FakeProfile, "persistent_when", "never")
+        monkeypatch.setattr(torch.profiler, "profile", FakeProfile)
+    if profiler == "persistent kernels, wrong results":
+        import lstm_workloads
+        real_steps = lstm_workloads.lstm_steps
+
+        def steps_with_a_wrong_persistent_path(modules, x, mode):
+            steps = real_steps(modules, x, mode)
+            ext = steps["ext"]
+
+            def step():
+                outputs, gradients = ext()
+                if os.environ["LSTM_EXT_CUDA_RECURRENCE"] == "persistent":
+                    outputs = (outputs[0] + 1e-2, *outputs[1:])
+                return outputs, gradients
+            return steps | {"ext": step}
+        monkeypatch.setattr(lstm_workloads, "lstm_steps", steps_with_a_wrong_persistent_path)
+    try:
+        document = gpu_check.time_recurrence(tmp_path, timeout_s=gpu_check.RECURRENCE_MARGIN_S + 300, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert os.environ["LSTM_EXT_CUDA_RECURRENCE"] == "auto"
+    assert document["complete"] and not document["not_run"]
+    assert json.loads((tmp_path / "recurrence.json").read_text())["rows"] == document["rows"]
+    assert [(r["hidden"], r["mode"]) for r in document["rows"]] == [(8, "infer"), (8, "train"), (16, "infer"),
+                                                                    (16, "train")]
+    for row in document["rows"]:
+        assert row["median_ms"]["nn.LSTM"] > 0 and row["runs"]["nn.LSTM"] == 3
+        assert row["predicted"]["gpu_model"] == "H100 SXM5"
+        reason = row["unavailable"].get("persistent")
+        if profiler == "unavailable":
+            assert reason == "cannot tell which path ran: no profiler, and this lstm_ext has no cuda_recurrence()"
+        elif profiler == "no persistent kernels":
+            kernels = ", ".join(gpu_check.PERSISTENT_KERNELS[row["mode"]])
+            assert reason == f"LSTM_EXT_CUDA_RECURRENCE=persistent ran no {kernels}: this build has no persistent path"
+        elif profiler == "persistent kernels, wrong results":
+            assert reason is None and "persistent" not in row["median_ms"]
+            assert row["disagreement"]["persistent"].startswith("disagrees with alternating: output 0")
+            assert row["max_abs_diff_vs_alternating"]["persistent"] == pytest.approx(1e-2)
+            continue
+        else:
+            assert reason is None and sorted(row["persistent_kernels"]) == sorted(gpu_check.PERSISTENT_KERNELS["train"])
+            assert row["median_ms"]["persistent"] > 0  # seen running (here: the CPU path, which ignores it)
+        if profiler == "persistent kernels for every value":  # checked again at the next point: it never passed
+            assert "alternating" not in row["median_ms"] and "persistent" not in row["max_abs_diff_vs_alternating"]
+            assert "the variable did not reach the op" in row["disagreement"]["alternating"]
+            assert any("not checked against the alternating path" in note for note in row["notes"])
+        else:
+            if profiler == "persistent kernels":
+                assert row["max_abs_diff_vs_alternating"]["persistent"] == 0.0
+            assert row["disagreement"] == {} and row["median_ms"]["alternating"] > 0
+            assert row["max_abs_diff_vs_alternating"]["nn.LSTM"] < 1e-5
+    problems = gpu_check.recurrence_problems(document)
+    assert len(problems) == (4 if profiler in ("persistent kernels for every value",
+                                               "persistent kernels, wrong results") else 0)
+    text = gpu_check.recurrence_markdown(document)
+    timed = 4 if profiler in ("persistent kernels", "persistent kernels for every value") else 0
+    assert f"- persistent path timed at {timed} of 4 measured points" in text
