@@ -103,11 +103,11 @@ void StepKernels::multiply_rows(const RowBlock& out, const RowBlock& a, const Ro
   }
 }
 
-bool StepKernels::forward_layer(const LayerForwardProblem& /*problem*/, LayerForwardResult& /*result*/) const {
+bool StepKernels::forward_loop(const ForwardLoopArgs& /*args*/) const {
   return false;
 }
 
-bool StepKernels::backward_layer(const LayerBackwardProblem& /*problem*/, LayerBackwardResult& /*result*/) const {
+bool StepKernels::backward_loop(const BackwardLoopArgs& /*args*/) const {
   return false;
 }
 
