@@ -41,6 +41,7 @@ CPU_SOURCES = [
 ]
 CUDA_SOURCES = [
     "cuda/pointwise_cuda.cu",
+    "cuda/persistent_cuda.cu",
 ]
 
 
