@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Prints the resources ptxas reported for lstm_ext's own kernels in a build log (the CUDA build passes
--Xptxas=-v,-warn-spills,-warn-lmem-usage,-Werror, so spills already fail the build). Exits non-zero
-when the log holds no lstm_ext kernel, i.e. the CUDA sources were not compiled."""
+-Xptxas=-v,-warn-spills,-warn-lmem-usage,-Werror, so spills already fail the build): registers, stack,
+spills and static shared memory (the persistent kernels' dynamic shared memory is sized per launch by
+csrc/cuda/persistent_launch.h's plan, so ptxas does not see it). Exits non-zero when the log holds no
+lstm_ext kernel, i.e. the CUDA sources were not compiled."""
 
 import re
 import shutil
@@ -10,6 +12,7 @@ import sys
 
 ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'")
 USAGE = re.compile(r"Used (\d+) registers")
+SHARED = re.compile(r"(\d+) bytes smem")
 SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
@@ -29,6 +32,7 @@ def main(path):
             current.update(stack=int(m.group(1)), spill_stores=int(m.group(2)), spill_loads=int(m.group(3)))
         elif current and (m := USAGE.search(line)):
             current["registers"] = int(m.group(1))
+            current["smem"] = int(s.group(1)) if (s := SHARED.search(line)) else 0
             if "lstm_ext" in current["mangled"]:
                 rows.append(current)
             current = None
@@ -36,11 +40,11 @@ def main(path):
         print(f"no lstm_ext kernels in {path}: the CUDA sources were not compiled", file=sys.stderr)
         return 1
     names = demangle([r["mangled"] for r in rows])
-    print(f"{'arch':6} {'regs':>4} {'stack':>5} {'spill':>5}  kernel")
+    print(f"{'arch':6} {'regs':>4} {'stack':>5} {'spill':>5} {'smem':>5}  kernel")
     for row, name in sorted(zip(rows, names), key=lambda rn: (rn[0]["arch"], rn[1])):
         name = re.sub(r"^void lstm_ext::cuda::", "", name).split("(")[0]
         print(f"{row['arch']:6} {row['registers']:>4} {row.get('stack', 0):>5} "
-              f"{row.get('spill_stores', 0) + row.get('spill_loads', 0):>5}  {name}")
+              f"{row.get('spill_stores', 0) + row.get('spill_loads', 0):>5} {row['smem']:>5}  {name}")
     return 0
 
 

@@ -37,9 +37,10 @@ print(f"built in {time.time() - start:.0f} s")
 PYEOF
 
 LIB=$(ls "$BUILD_DIR"/_C*.so | head -n 1)
-echo "== running the emulated-CUDA (variants too), emulation, op, work-split, GEMM and huge-page buffer tests under ASan+UBSan ($LIB)"
+echo "== running the emulated-CUDA (variants and persistent kernels too), emulation, op, work-split, GEMM and huge-page buffer tests under ASan+UBSan ($LIB)"
 # The GEMM contract's reruns under the other CPU builds are left out: each is a whole process again.
 LSTM_EXT_LIBRARY="$LIB" "$PY" -m pytest -q -p no:cacheprovider --capture=sys tests/test_emulated_cuda.py \
-  tests/test_cuda_emulation.py tests/test_ops.py tests/test_cpu_work_split.py tests/test_huge_page_buffers.py \
+  tests/test_cuda_emulation.py tests/test_persistent_emulation.py tests/test_ops.py tests/test_cpu_work_split.py \
+  tests/test_huge_page_buffers.py \
   tests/test_cpu_gemm.py "tests/test_cpu_variants.py::test_every_block_shape_matches_nn_lstm" \
   tests/test_variants.py -k "not under_every_cpu_build and (not test_variants or emulated or functional)"

@@ -281,19 +281,22 @@ LayerForwardResult forward_training(const StepKernels& steps, const LayerForward
                     IndexRange{0, 4 * H});
     }
   }
-  const StepWeight weight_hh = steps.prepare_weight(p.weights.weight_hh, /*transpose=*/true, WeightUse{B, T});
-  const StepWeight weight_hr =
-      projected ? steps.prepare_weight(p.weights.weight_hr, /*transpose=*/true, WeightUse{B, T}) : StepWeight{};
-  const bool may_split_units = !projected && !variant_cell(p.cell);
-  steps.for_each_work_share(B, H, may_split_units, [&](const WorkShare& share) {
-    for (int64_t step = 0; step < T; ++step) {
-      const int64_t t = p.reverse ? T - 1 - step : step;
-      const StepRows s = step_rows(layout, t, p.reverse, share.chunk);
-      if (s.rows > 0) {
-        forward_step(steps, p, b, weight_hh, weight_hr, share, s, gates_rows.sub(s.offset, s.rows), [](IndexRange) {});
+  if (!steps.forward_loop(ForwardLoopArgs{&p, 0, T, gates_rows, 0, b.all_h, b.all_c, RowBlock{}})) {
+    const StepWeight weight_hh = steps.prepare_weight(p.weights.weight_hh, /*transpose=*/true, WeightUse{B, T});
+    const StepWeight weight_hr =
+        projected ? steps.prepare_weight(p.weights.weight_hr, /*transpose=*/true, WeightUse{B, T}) : StepWeight{};
+    const bool may_split_units = !projected && !variant_cell(p.cell);
+    steps.for_each_work_share(B, H, may_split_units, [&](const WorkShare& share) {
+      for (int64_t step = 0; step < T; ++step) {
+        const int64_t t = p.reverse ? T - 1 - step : step;
+        const StepRows s = step_rows(layout, t, p.reverse, share.chunk);
+        if (s.rows > 0) {
+          forward_step(steps, p, b, weight_hh, weight_hr, share, s, gates_rows.sub(s.offset, s.rows),
+                       [](IndexRange) {});
+        }
       }
-    }
-  });
+    });
+  }
   result.h_n = steps.empty({B, P}, options);
   result.c_n = steps.empty({B, H}, options);
   copy_final_states(steps, p, b.all_h, b.all_c, result);
@@ -355,21 +358,26 @@ LayerForwardResult forward_inference(const StepKernels& steps, const LayerForwar
     if (block_first == 0) {
       weight_hh = steps.prepare_weight(p.weights.weight_hh, /*transpose=*/true, WeightUse{B, T});
     }
-    steps.for_each_work_share(B, H, /*may_split_units=*/!projected && !variant_cell(p.cell), [&](const WorkShare& share) {
-      for (int64_t step = block_first; step < block_last; ++step) {
-        const int64_t t = p.reverse ? T - 1 - step : step;
-        const StepRows s = step_rows(layout, t, p.reverse, share.chunk);
-        if (s.rows == 0) {
-          continue;
-        }
-        const RowBlock gates_t = gates_rows.sub(plan.in_chunks ? s.sequence : s.offset - row_begin, s.rows);
-        forward_step(steps, p, b, weight_hh, weight_hr, share, s, gates_t, [&](IndexRange columns) {
-          if (plan.in_chunks) {
-            steps.project(gates_t, input_rows.sub(s.offset, s.rows), weight_ih, bias, columns);
+    const ForwardLoopArgs loop{&p, block_first, block_last, gates_rows.sub(0, block_rows), row_begin, b.all_h,
+                               RowBlock{}, b.c_state};
+    if (plan.in_chunks || !steps.forward_loop(loop)) {  // chunks: each step's input is projected in its chunk
+      const bool may_split_units = !projected && !variant_cell(p.cell);
+      steps.for_each_work_share(B, H, may_split_units, [&](const WorkShare& share) {
+        for (int64_t step = block_first; step < block_last; ++step) {
+          const int64_t t = p.reverse ? T - 1 - step : step;
+          const StepRows s = step_rows(layout, t, p.reverse, share.chunk);
+          if (s.rows == 0) {
+            continue;
           }
-        });
-      }
-    });
+          const RowBlock gates_t = gates_rows.sub(plan.in_chunks ? s.sequence : s.offset - row_begin, s.rows);
+          forward_step(steps, p, b, weight_hh, weight_hr, share, s, gates_t, [&](IndexRange columns) {
+            if (plan.in_chunks) {
+              steps.project(gates_t, input_rows.sub(s.offset, s.rows), weight_ih, bias, columns);
+            }
+          });
+        }
+      });
+    }
   }
   result.h_n = steps.empty({B, P}, options);
   copy_final_states(steps, p, b.all_h, RowBlock{}, result);
@@ -440,66 +448,69 @@ LayerBackwardResult backward_generic(const StepKernels& steps, const LayerBackwa
   const RowBlock stats_rows = layer_norm ? row_block(saved.row_stats) : RowBlock{};
   const RowBlock mask_rows = rows_of(mask), zoneout_cell_rows = rows_of(p.cell.zoneout_cell_mask);
   const RowBlock zoneout_hidden_rows = rows_of(p.cell.zoneout_hidden_mask);
-  StepWeight weight_hh = steps.prepare_weight(p.weights.weight_hh, /*transpose=*/false, WeightUse{B, T});
-  const StepWeight weight_hr =
-      projected ? steps.prepare_weight(p.weights.weight_hr, /*transpose=*/false, WeightUse{B, T}) : StepWeight{};
-  steps.for_each_work_share(B, H, /*may_split_units=*/!projected && !variant, [&](const WorkShare& share) {
-    // dL/dh_{t-1}'s columns this share computes: its units (P = H where units are split).
-    const IndexRange grad_h_columns = projected ? IndexRange{0, P} : share.units;
-    for (int64_t step = 0; step < T; ++step) {
-      const int64_t t = p.reverse ? step : T - 1 - step;
-      const StepRows s = step_rows(layout, t, p.reverse, share.chunk);
-      if (s.rows == 0) {
-        continue;
-      }
-      const RowBlock grad_h_live = grad_h_rows.sub(s.sequence, s.rows);
-      // What the pointwise pass sees as dL/dh_t: two parts it adds itself, or, projected, one part.
-      RowBlock grad_h_out = all_grad_output.sub(s.offset, s.rows);
-      RowBlock grad_h_next = grad_h_live;
-      if (projected) {
-        const RowBlock grad_h_t = all_grad_h_total.sub(s.offset, s.rows);
-        at::Tensor grad_h_t_tensor = as_tensor(grad_h_t, options);
-        const at::Tensor through_recurrence = as_tensor(grad_h_live, options);
-        if (carrying) {
-          at::Tensor carried = as_tensor(carry_rows.sub(s.sequence, s.rows), options);
-          at::add_out(grad_h_t_tensor, as_tensor(grad_h_out, options),
-                      mask.defined() ? through_recurrence * mask.narrow(0, s.sequence, s.rows) : through_recurrence);
-          grad_h_t_tensor.add_(carried);
-          carried.zero_();  // a projected h has no zoneout: the carry is grad_h_n alone
-        } else {
-          at::add_out(grad_h_t_tensor, as_tensor(grad_h_out, options), through_recurrence);
+  StepWeight weight_hh;
+  if (!steps.backward_loop(BackwardLoopArgs{&bp, all_grad_gates, grad_h_rows, grad_c_rows})) {
+    weight_hh = steps.prepare_weight(p.weights.weight_hh, /*transpose=*/false, WeightUse{B, T});
+    const StepWeight weight_hr =
+        projected ? steps.prepare_weight(p.weights.weight_hr, /*transpose=*/false, WeightUse{B, T}) : StepWeight{};
+    steps.for_each_work_share(B, H, /*may_split_units=*/!projected && !variant, [&](const WorkShare& share) {
+      // dL/dh_{t-1}'s columns this share computes: its units (P = H where units are split).
+      const IndexRange grad_h_columns = projected ? IndexRange{0, P} : share.units;
+      for (int64_t step = 0; step < T; ++step) {
+        const int64_t t = p.reverse ? step : T - 1 - step;
+        const StepRows s = step_rows(layout, t, p.reverse, share.chunk);
+        if (s.rows == 0) {
+          continue;
         }
-        grad_h_out = grad_unprojected_rows.sub(s.sequence, s.rows);
-        steps.matmul(grad_h_out, grad_h_t, weight_hr, /*accumulate=*/false);
-        grad_h_next = no_grad_h_rows.sub(s.sequence, s.rows);
-      }
-      for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
-        const int64_t row = s.offset + first;
-        BackwardStepArgs args{dtype, all_gates.sub(row, count), all_c.sub(row, count),
-                              previous_rows(s, all_c, c0_rows, first, count, from_prev), grad_h_out.sub(first, count),
-                              grad_h_next.sub(first, count), grad_c_rows.sub(s.sequence + first, count),
-                              all_grad_gates.sub(row, count), share.units};
-        if (variant) {
-          args.cell = &p.cell;
-          args.recurrent_mask = projected ? RowBlock{} : sub_or_empty(mask_rows, s.sequence + first, count);
-          args.carry = projected ? RowBlock{} : sub_or_empty(carry_rows, s.sequence + first, count);
-          args.grad_cells = sub_or_empty(grad_cells_rows, row, count);
-          args.grad_recurrent = layer_norm ? all_grad_recurrent.sub(row, count) : RowBlock{};
-          args.grad_params = sub_or_empty(grad_params_rows, row, count);
-          args.normalized_recurrent = sub_or_empty(normalized_recurrent, row, count);
-          args.stats = sub_or_empty(stats_rows, row, count);
-          args.zoneout_cell_mask = sub_or_empty(zoneout_cell_rows, row, count);
-          args.zoneout_hidden_mask = sub_or_empty(zoneout_hidden_rows, row, count);
-          args.peephole_terms = terms.peephole;
-          args.layer_norm_c_terms = terms.layer_norm_c;
+        const RowBlock grad_h_live = grad_h_rows.sub(s.sequence, s.rows);
+        // What the pointwise pass sees as dL/dh_t: two parts it adds itself, or, projected, one part.
+        RowBlock grad_h_out = all_grad_output.sub(s.offset, s.rows);
+        RowBlock grad_h_next = grad_h_live;
+        if (projected) {
+          const RowBlock grad_h_t = all_grad_h_total.sub(s.offset, s.rows);
+          at::Tensor grad_h_t_tensor = as_tensor(grad_h_t, options);
+          const at::Tensor through_recurrence = as_tensor(grad_h_live, options);
+          if (carrying) {
+            at::Tensor carried = as_tensor(carry_rows.sub(s.sequence, s.rows), options);
+            at::add_out(grad_h_t_tensor, as_tensor(grad_h_out, options),
+                        mask.defined() ? through_recurrence * mask.narrow(0, s.sequence, s.rows) : through_recurrence);
+            grad_h_t_tensor.add_(carried);
+            carried.zero_();  // a projected h has no zoneout: the carry is grad_h_n alone
+          } else {
+            at::add_out(grad_h_t_tensor, as_tensor(grad_h_out, options), through_recurrence);
+          }
+          grad_h_out = grad_unprojected_rows.sub(s.sequence, s.rows);
+          steps.matmul(grad_h_out, grad_h_t, weight_hr, /*accumulate=*/false);
+          grad_h_next = no_grad_h_rows.sub(s.sequence, s.rows);
         }
-        steps.backward_pointwise(args);
-      });
-      share.sync();  // the product reads every unit's gate gradients of the step
-      steps.matmul(grad_h_live, all_grad_recurrent.sub(s.offset, s.rows), weight_hh, /*accumulate=*/false,
-                   grad_h_columns);
-    }
-  });
+        for_each_state_source(s, [&](int64_t first, int64_t count, bool from_prev) {
+          const int64_t row = s.offset + first;
+          BackwardStepArgs args{dtype, all_gates.sub(row, count), all_c.sub(row, count),
+                                previous_rows(s, all_c, c0_rows, first, count, from_prev), grad_h_out.sub(first, count),
+                                grad_h_next.sub(first, count), grad_c_rows.sub(s.sequence + first, count),
+                                all_grad_gates.sub(row, count), share.units};
+          if (variant) {
+            args.cell = &p.cell;
+            args.recurrent_mask = projected ? RowBlock{} : sub_or_empty(mask_rows, s.sequence + first, count);
+            args.carry = projected ? RowBlock{} : sub_or_empty(carry_rows, s.sequence + first, count);
+            args.grad_cells = sub_or_empty(grad_cells_rows, row, count);
+            args.grad_recurrent = layer_norm ? all_grad_recurrent.sub(row, count) : RowBlock{};
+            args.grad_params = sub_or_empty(grad_params_rows, row, count);
+            args.normalized_recurrent = sub_or_empty(normalized_recurrent, row, count);
+            args.stats = sub_or_empty(stats_rows, row, count);
+            args.zoneout_cell_mask = sub_or_empty(zoneout_cell_rows, row, count);
+            args.zoneout_hidden_mask = sub_or_empty(zoneout_hidden_rows, row, count);
+            args.peephole_terms = terms.peephole;
+            args.layer_norm_c_terms = terms.layer_norm_c;
+          }
+          steps.backward_pointwise(args);
+        });
+        share.sync();  // the product reads every unit's gate gradients of the step
+        steps.matmul(grad_h_live, all_grad_recurrent.sub(s.offset, s.rows), weight_hh, /*accumulate=*/false,
+                     grad_h_columns);
+      }
+    });
+  }
 
   weight_hh = StepWeight{};  // freed before grad_input prepares W_ih: one prepared copy at a time
 
@@ -555,18 +566,10 @@ LayerBackwardResult backward_generic(const StepKernels& steps, const LayerBackwa
 }  // namespace
 
 LayerForwardResult lstm_layer_forward(const StepKernels& steps, const LayerForwardProblem& problem) {
-  LayerForwardResult result;
-  if (steps.forward_layer(problem, result)) {
-    return result;
-  }
   return problem.training ? forward_training(steps, problem) : forward_inference(steps, problem);
 }
 
 LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const LayerBackwardProblem& problem) {
-  LayerBackwardResult result;
-  if (steps.backward_layer(problem, result)) {
-    return result;
-  }
   return backward_generic(steps, problem);
 }
 

@@ -81,8 +81,8 @@ struct LayerBackwardResult {
   at::Tensor grad_layer_norm_weight_ih, grad_layer_norm_weight_hh, grad_layer_norm_weight_c, grad_layer_norm_bias_c;
 };
 
-// The backend's own run of the layer where it has one (StepKernels::forward_layer), else the generic
-// recurrence.
+// The layer: the input projection, the time loop (the backend's own where it runs one,
+// StepKernels::forward_loop / backward_loop, else the generic loop), the final states or the gradients.
 LayerForwardResult lstm_layer_forward(const StepKernels& steps, const LayerForwardProblem& problem);
 LayerBackwardResult lstm_layer_backward(const StepKernels& steps, const LayerBackwardProblem& problem);
 

@@ -136,11 +136,11 @@ InputNormGrads StepKernels::normalize_input_backward(const at::Tensor& grad_gate
   return grads;
 }
 
-bool StepKernels::forward_layer(const LayerForwardProblem& /*problem*/, LayerForwardResult& /*result*/) const {
+bool StepKernels::forward_loop(const ForwardLoopArgs& /*args*/) const {
   return false;
 }
 
-bool StepKernels::backward_layer(const LayerBackwardProblem& /*problem*/, LayerBackwardResult& /*result*/) const {
+bool StepKernels::backward_loop(const BackwardLoopArgs& /*args*/) const {
   return false;
 }
 

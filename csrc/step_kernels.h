@@ -15,9 +15,7 @@
 namespace lstm_ext {
 
 struct LayerForwardProblem;
-struct LayerForwardResult;
 struct LayerBackwardProblem;
-struct LayerBackwardResult;
 
 // Consecutive rows of a contiguous row-major matrix, as a pointer and sizes. The loops carve each
 // step's rows out of the sequence buffers with these, not with tensor views: at small sizes a tensor
@@ -181,6 +179,31 @@ struct WorkShare {
 // A reference to the caller's callable, not a copy: nothing is allocated per pass.
 using WorkShareFn = c10::function_ref<void(const WorkShare&)>;
 
+// The forward time loop of one (layer, direction) as StepKernels::forward_loop takes it: steps
+// [first_step, last_step) in the direction's order, their input already projected (biases in). A backend
+// leaves exactly what the generic loop leaves (the final states are copied after the loop, from these).
+struct ForwardLoopArgs {
+  const LayerForwardProblem* problem;
+  int64_t first_step;
+  int64_t last_step;
+  // [*, 4H] the steps' rows, sequence row gates_first_row first. In: the projected input; out, when
+  // training: the activated gates.
+  RowBlock gates;
+  int64_t gates_first_row;
+  RowBlock output;   // [N, H] out: h_t of the steps' rows
+  RowBlock cells;    // training: [N, H] out: c_t of the steps' rows; inference: empty
+  RowBlock c_state;  // inference: [B, H] in/out: each sequence's c so far (c0 until it starts); training: empty
+};
+
+// The backward time loop of one (layer, direction) as StepKernels::backward_loop takes it; the kept
+// activations, grad_output and the weights are the problem's.
+struct BackwardLoopArgs {
+  const LayerBackwardProblem* problem;
+  RowBlock grad_gates;  // [N, 4H] out: dL/d(pre-activation gates) of every row
+  RowBlock grad_h;      // [B, H] in: grad_h_n; out: dL/dh0
+  RowBlock grad_c;      // [B, H] in: grad_c_n; out: dL/dc0
+};
+
 class StepKernels {
  public:
   virtual ~StepKernels() = default;
@@ -259,10 +282,11 @@ class StepKernels {
   virtual InputNormGrads normalize_input_backward(const at::Tensor& grad_gates, const at::Tensor& normalized,
                                                   const at::Tensor& row_stats, const at::Tensor& weight) const;
 
-  // The layer seam: a backend that runs a whole (layer, direction) itself (a persistent kernel) does it
-  // here and returns true; false (the default) runs the generic recurrence of lstm_recurrence.cpp.
-  virtual bool forward_layer(const LayerForwardProblem& problem, LayerForwardResult& result) const;
-  virtual bool backward_layer(const LayerBackwardProblem& problem, LayerBackwardResult& result) const;
+  // The time-loop seam: a backend that runs a pass's whole time loop itself (a persistent kernel) does it
+  // here and returns true; false (the default) runs the generic loop of lstm_recurrence.cpp. The input
+  // projection before the loop and the weight gradients and grad_input after it stay the generic code's.
+  virtual bool forward_loop(const ForwardLoopArgs& args) const;
+  virtual bool backward_loop(const BackwardLoopArgs& args) const;
 };
 
 const StepKernels& cpu_step_kernels();

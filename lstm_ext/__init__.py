@@ -9,11 +9,12 @@ objects), to_torch(model) the reverse.
 """
 
 from ._version import __version__
-from ._ops import bernoulli_mask, compiled_backends, cpu_cache_bytes, cpu_kernels, empty_cache
+from ._ops import bernoulli_mask, compiled_backends, cpu_cache_bytes, cpu_kernels, cuda_recurrence, empty_cache
 from .autograd import LSTMFunction
 from .converters import convert, to_torch
 from .functional import VariantMasks, lstm, lstm_cell
 from .modules import LSTM, LSTMCell
 
 __all__ = ["LSTM", "LSTMCell", "LSTMFunction", "lstm", "lstm_cell", "VariantMasks", "convert", "to_torch",
-           "bernoulli_mask", "compiled_backends", "cpu_kernels", "cpu_cache_bytes", "empty_cache", "__version__"]
+           "bernoulli_mask", "compiled_backends", "cpu_kernels", "cpu_cache_bytes", "cuda_recurrence", "empty_cache",
+           "__version__"]

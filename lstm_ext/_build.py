@@ -36,11 +36,13 @@ CPU_SOURCES = [
     "cpu/buffer_cache.cpp",
     "cpu/cpu_backend.cpp",
     "emulated/pointwise_emulated.cpp",  # the CUDA kernels run on the CPU, for the tests
+    "emulated/persistent_emulated.cpp",  # the persistent CUDA kernels run on the CPU, for the tests
     "testing/cpu_gemm_testing.cpp",  # the CPU GEMMs as ops of their own, for the tests
     "emulated/emulation_selftest.cpp",  # the emulation's own barrier/shared-memory tests
 ]
 CUDA_SOURCES = [
     "cuda/pointwise_cuda.cu",
+    "cuda/persistent_cuda.cu",
 ]
 
 

@@ -61,6 +61,15 @@ def cpu_kernels() -> str:
     return _C.CPU_KERNELS
 
 
+def cuda_recurrence() -> str:
+    """Which time loop lstm_ext's CUDA passes run, as $LSTM_EXT_CUDA_RECURRENCE selects it now (it is read
+    at every call): "auto" (also when unset or empty: the persistent kernels where they run the pass and
+    fit, else the alternating loop), "persistent" (those kernels or a RuntimeError that says why not) or
+    "alternating" (a GEMM and a pointwise kernel per step). Another value raises RuntimeError. The parser
+    is the CUDA backend's own."""
+    return torch.ops.lstm_ext_testing.cuda_recurrence()
+
+
 def empty_cache() -> None:
     """Returns the CPU buffers lstm_ext keeps for reuse to the system (as ``torch.cuda.empty_cache()``
     does for CUDA's). Buffers of 32 MiB and more (a long sequence's gates, cells, outputs and their

@@ -1,9 +1,10 @@
 // pointwise_cuda.cu -- the CUDA pointwise steps: the kernels of pointwise_kernels.cuh launched on the
-// current stream, with a launch check after each. The one CUDA translation unit of the extension.
+// current stream, with a launch check after each; the time loops go to persistent_cuda.cu where it runs them.
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 
+#include "persistent_launch.h"
 #include "pointwise_kernels.cuh"
 #include "pointwise_launch.h"
 
@@ -66,6 +67,9 @@ class CudaStepKernels final : public StepKernels {
                                                  launcher);
                                            });
   }
+  // The persistent kernels where $LSTM_EXT_CUDA_RECURRENCE and the problem allow (persistent_cuda.cu).
+  bool forward_loop(const ForwardLoopArgs& args) const override { return cuda_persistent_forward_loop(args); }
+  bool backward_loop(const BackwardLoopArgs& args) const override { return cuda_persistent_backward_loop(args); }
 };
 
 }  // namespace
