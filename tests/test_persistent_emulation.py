@@ -221,6 +221,19 @@ def test_auto_takes_the_persistent_kernels_where_they_fit_and_alternating_never(
     assert launches() == before + 2
 
 
+@pytest.mark.parametrize("hidden, taken", [(256, True), (257, False)])
+def test_auto_takes_the_persistent_forward_up_to_the_cost_models_batch_times_hidden(hidden, taken):
+    # B * H <= 16 * 1024: where benchmarks/README.md's cost model predicts it well ahead of alternating. Both
+    # shapes fit (persistent runs them); auto declines the larger.
+    args = forward_args(1, 64, 3, hidden, False, False, torch.float32)
+    geometry = dict(blocks=12, threads_per_block=64)  # W_hh's slices and the staged rows fit shared memory
+    before = launches()
+    persistent_forward(args, geometry, recurrence="auto")
+    assert launches() == before + (1 if taken else 0)
+    persistent_forward(args, geometry, recurrence="persistent")
+    assert launches() == before + (2 if taken else 1)
+
+
 def test_unknown_recurrence_is_an_error():
     args = forward_args(2, 2, 2, 5, False, False, torch.float64)
     with pytest.raises(RuntimeError, match="recurrence must be one of auto, persistent, alternating .*got 'fast'"):

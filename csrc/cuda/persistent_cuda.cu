@@ -101,7 +101,8 @@ std::string for_dtype(at::ScalarType dtype, const Launch& launch) {
 }  // namespace
 
 bool cuda_persistent_forward_loop(const ForwardLoopArgs& args) {
-  return run_persistent(recurrence_from_environment(), kRecurrenceVariable, "forward pass", [&]() -> std::string {
+  return run_persistent(recurrence_from_environment(), kRecurrenceVariable, "forward pass",
+                        auto_prefers_persistent(*args.problem), [&]() -> std::string {
     const cudaDeviceProp& props = *at::cuda::getCurrentDeviceProperties();
     std::string why = persistent_unsupported(*args.problem);
     if (why.empty()) {
@@ -121,7 +122,8 @@ bool cuda_persistent_forward_loop(const ForwardLoopArgs& args) {
 }
 
 bool cuda_persistent_backward_loop(const BackwardLoopArgs& args) {
-  return run_persistent(recurrence_from_environment(), kRecurrenceVariable, "backward pass", [&]() -> std::string {
+  return run_persistent(recurrence_from_environment(), kRecurrenceVariable, "backward pass",
+                        auto_prefers_persistent(args.problem->forward), [&]() -> std::string {
     const cudaDeviceProp& props = *at::cuda::getCurrentDeviceProperties();
     std::string why = persistent_unsupported(*args.problem);
     if (why.empty()) {

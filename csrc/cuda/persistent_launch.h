@@ -65,12 +65,13 @@ inline const char* recurrence_name(Recurrence recurrence) {
   }
 }
 
-// Whether the persistent kernel ran a pass. `attempt()` runs it and returns "", or returns why it cannot
+// Whether the persistent kernel ran a pass (under auto only where `auto_prefers`). `attempt()` runs it and returns "", or returns why it cannot
 // (unsupported, does not fit, the launch failed) having changed nothing: under auto the caller then runs the
 // alternating loop, under persistent that is an error. `source` names where the choice came from.
 template <typename Attempt>
-bool run_persistent(Recurrence recurrence, const char* source, const char* pass, const Attempt& attempt) {
-  if (recurrence == Recurrence::kAlternating) {
+bool run_persistent(Recurrence recurrence, const char* source, const char* pass, bool auto_prefers,
+                    const Attempt& attempt) {
+  if (recurrence == Recurrence::kAlternating || (recurrence == Recurrence::kAuto && !auto_prefers)) {
     return false;
   }
   const std::string why_not = attempt();
@@ -83,6 +84,14 @@ bool run_persistent(Recurrence recurrence, const char* source, const char* pass,
 
 // More sequences than this go to the alternating loop, whose per-step GEMM has the rows to fill a GPU.
 constexpr int64_t kMaxPersistentBatch = 64;
+
+// Where auto takes the persistent kernels: B * H at most this, where benchmarks/README.md's cost model
+// predicts them at most 0.7x the alternating loop's time (a prediction until a GPU measures it).
+constexpr int64_t kAutoMaxBatchTimesHidden = 16 * 1024;
+
+inline bool auto_prefers_persistent(const LayerForwardProblem& p) {
+  return p.layout->batch * p.c0.size(1) <= kAutoMaxBatchTimesHidden;
+}
 
 // Why the persistent kernels cannot run the forward of `p` ("" when they can), the dtype aside.
 inline std::string persistent_unsupported(const LayerForwardProblem& p) {

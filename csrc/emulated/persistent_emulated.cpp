@@ -95,7 +95,8 @@ class EmulatedPersistentStepKernels final : public StepKernels {
   }
 
   bool forward_loop(const ForwardLoopArgs& args) const override {
-    return cuda::run_persistent(geometry_.recurrence, "recurrence", "forward pass", [&]() -> std::string {
+    return cuda::run_persistent(geometry_.recurrence, "recurrence", "forward pass",
+                        cuda::auto_prefers_persistent(*args.problem), [&]() -> std::string {
       if (std::string why = cuda::persistent_unsupported(*args.problem); !why.empty()) {
         return why;
       }
@@ -109,7 +110,8 @@ class EmulatedPersistentStepKernels final : public StepKernels {
     });
   }
   bool backward_loop(const BackwardLoopArgs& args) const override {
-    return cuda::run_persistent(geometry_.recurrence, "recurrence", "backward pass", [&]() -> std::string {
+    return cuda::run_persistent(geometry_.recurrence, "recurrence", "backward pass",
+                        cuda::auto_prefers_persistent(args.problem->forward), [&]() -> std::string {
       if (std::string why = cuda::persistent_unsupported(*args.problem); !why.empty()) {
         return why;
       }
