@@ -51,7 +51,8 @@ clean:
 	rm -rf build lstm_ext/_C*.so *.egg-info
 
 # On a machine with an NVIDIA GPU: build for that GPU's architecture only (all cores, or MAX_JOBS when given),
-# run the tests and the quick sweep on CUDA, report in gpu-check/<UTC time>/report.md; at most 10 minutes.
+# run the tests, the quick sweep and the recurrence paths (persistent, alternating, nn.LSTM) on CUDA, report
+# in gpu-check/<UTC time>/report.md; at most 10 minutes.
 # PY=python3 runs it with that interpreter's torch instead of the venv; GPU_CHECK_ARGS=--dry-run prints the plan.
 gpu-check: $(if $(filter $(VENV)/bin/python,$(PY)),$(DEPS_STAMP))
 	$(PY) benchmarks/gpu_check.py $(if $(filter file,$(origin MAX_JOBS)),,--jobs $(MAX_JOBS)) $(GPU_CHECK_ARGS)
