@@ -98,17 +98,20 @@ std::string for_dtype(at::ScalarType dtype, const Launch& launch) {
   }
 }
 
+// Why the persistent kernels cannot run `problem` on this device ("" when they can), the fit aside.
+template <typename Problem>
+std::string why_not_here(const Problem& problem, const cudaDeviceProp& props) {
+  std::string why = persistent_unsupported(problem);
+  return why.empty() ? device_unsupported(props) : why;
+}
+
 }  // namespace
 
 bool cuda_persistent_forward_loop(const ForwardLoopArgs& args) {
   return run_persistent(recurrence_from_environment(), kRecurrenceVariable, "forward pass",
                         auto_prefers_persistent(*args.problem), [&]() -> std::string {
     const cudaDeviceProp& props = *at::cuda::getCurrentDeviceProperties();
-    std::string why = persistent_unsupported(*args.problem);
-    if (why.empty()) {
-      why = device_unsupported(props);
-    }
-    if (!why.empty()) {
+    if (std::string why = why_not_here(*args.problem, props); !why.empty()) {
       return why;
     }
     return for_dtype(args.problem->input.scalar_type(), [&](auto zero) {
@@ -125,11 +128,7 @@ bool cuda_persistent_backward_loop(const BackwardLoopArgs& args) {
   return run_persistent(recurrence_from_environment(), kRecurrenceVariable, "backward pass",
                         auto_prefers_persistent(args.problem->forward), [&]() -> std::string {
     const cudaDeviceProp& props = *at::cuda::getCurrentDeviceProperties();
-    std::string why = persistent_unsupported(*args.problem);
-    if (why.empty()) {
-      why = device_unsupported(props);
-    }
-    if (!why.empty()) {
+    if (std::string why = why_not_here(*args.problem, props); !why.empty()) {
       return why;
     }
     return for_dtype(args.problem->forward.input.scalar_type(), [&](auto zero) {
