@@ -234,6 +234,23 @@ def test_auto_takes_the_persistent_forward_up_to_the_cost_models_batch_times_hid
     assert launches() == before + (2 if taken else 1)
 
 
+def test_a_failed_cooperative_launch_falls_back_under_auto_and_raises_under_persistent():
+    # What a device reports when it cannot run every block at once (cudaErrorCooperativeLaunchTooLarge).
+    failure = "too many blocks in cooperative launch"
+    args = forward_args(4, 3, 3, 37, False, False, torch.float64)
+    before = launches()
+    saved = persistent_forward(args, recurrence="auto", launch_failure=failure)
+    assert_all_close(saved, ForwardResults(*cpu_forward(*args)), TOLERANCES[torch.float64], "forward")
+    bargs = backward_args(args, saved)
+    assert_all_close(persistent_backward(bargs, recurrence="auto", launch_failure=failure),
+                     BackwardResults(*cpu_backward(*bargs)), TOLERANCES[torch.float64], "backward")
+    assert launches() == before
+    with pytest.raises(RuntimeError, match=f"cannot run this forward pass: {failure}"):
+        persistent_forward(args, launch_failure=failure)
+    with pytest.raises(RuntimeError, match=f"cannot run this backward pass: {failure}"):
+        persistent_backward(bargs, launch_failure=failure)
+
+
 def test_unknown_recurrence_is_an_error():
     args = forward_args(2, 2, 2, 5, False, False, torch.float64)
     with pytest.raises(RuntimeError, match="recurrence must be one of auto, persistent, alternating .*got 'fast'"):

@@ -4,7 +4,8 @@
 // ops of the lstm_ext_testing library:
 //   emulated_persistent_layer_forward / _backward: the layer ops' arguments, then keyword-only `blocks`,
 //     `threads_per_block`, `reverse_launch_order` and `recurrence` (as $LSTM_EXT_CUDA_RECURRENCE; the
-//     alternating fallback runs the emulated pointwise kernels); the forward also takes
+//     alternating fallback runs the emulated pointwise kernels), `launch_failure` (non-empty: the cooperative
+//     launch fails with that message, as a device that cannot co-schedule the blocks reports); the forward also takes
 //     `planted_early_return_step` (one thread of the last block returns at that step);
 //   emulated_persistent_launches: how many persistent kernels this process has launched in the emulation;
 //   persistent_plan: plan_persistent on given device facts;
@@ -37,6 +38,7 @@ std::atomic<int64_t> persistent_launches{0};
 
 struct EmulatedLauncher {
   emulated::LaunchOrder order;
+  std::string launch_failure;  // non-empty: the cooperative launch fails with this, as the device would say it
 
   // The alternating loop's pointwise kernels (pointwise_launch.h).
   template <typename... KernelArgs, typename... Args>
@@ -56,6 +58,9 @@ struct EmulatedLauncher {
     config.dynamic_shared_bytes = static_cast<std::size_t>(launch.shared_bytes);
     config.cooperative = true;
     config.order = order;
+    if (!launch_failure.empty()) {
+      return launch_failure;
+    }
     ++persistent_launches;
     emulated::launch(config, kernel, params);
     return "";
@@ -76,6 +81,7 @@ struct EmulatedGeometry {
   bool reverse_launch_order;
   cuda::Recurrence recurrence;
   int64_t planted_early_return_step;
+  std::string launch_failure;
 };
 
 class EmulatedPersistentStepKernels final : public StepKernels {
@@ -83,7 +89,8 @@ class EmulatedPersistentStepKernels final : public StepKernels {
   explicit EmulatedPersistentStepKernels(const EmulatedGeometry& g)
       : geometry_(g),
         policy_{static_cast<int>(g.threads), g.blocks},
-        launcher_{g.reverse_launch_order ? emulated::LaunchOrder::kReverse : emulated::LaunchOrder::kForward} {}
+        launcher_{g.reverse_launch_order ? emulated::LaunchOrder::kReverse : emulated::LaunchOrder::kForward,
+                  g.launch_failure} {}
 
   void forward_pointwise(const ForwardStepArgs& args) const override {
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, args.dtype, "lstm_ext_emulated_persistent_fallback_forward",
@@ -153,13 +160,14 @@ EmulatedPersistentStepKernels steps_from(const char* op, const c10::IValue* laun
   const std::string recurrence(launch[3].toStringRef());
   return EmulatedPersistentStepKernels({blocks, threads, launch[2].toBool(),
                                         cuda::parse_recurrence(recurrence.c_str(), "recurrence"),
-                                        with_plant ? launch[4].toInt() : -1});
+                                        with_plant ? launch[5].toInt() : -1, std::string(launch[4].toStringRef())});
 }
 
-constexpr size_t kForwardLaunchArgs = 5;
-constexpr size_t kBackwardLaunchArgs = 4;
+constexpr size_t kForwardLaunchArgs = 6;
+constexpr size_t kBackwardLaunchArgs = 5;
 constexpr const char* kBackwardLaunchSchema =
-    ", *, int blocks, int threads_per_block, bool reverse_launch_order, str recurrence=\"persistent\"";
+    ", *, int blocks, int threads_per_block, bool reverse_launch_order, str recurrence=\"persistent\", "
+    "str launch_failure=\"\"";
 const std::string kForwardLaunchSchema = std::string(kBackwardLaunchSchema) + ", int planted_early_return_step=-1";
 
 void emulated_forward(const c10::OperatorHandle&, c10::DispatchKeySet, torch::jit::Stack* stack) {
