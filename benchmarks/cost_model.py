@@ -212,6 +212,18 @@ class StepCost:
     bound: str  # what sets the time: compute, memory, latency, host, floor
 
 
+def persistent_step_cost(compute_us: float, l2: float, hbm: float, flops: float, gpu: Gpu,
+                         a: Assumptions) -> StepCost:
+    """A persistent step: the longer of its product and its L2 + HBM traffic, then one grid barrier and the
+    dependent chain around it; bound by whichever of the three is largest."""
+    memory_us = (l2 / (gpu.l2_tbs * 1e12) + hbm / (gpu.hbm_tbs * 1e12)) * 1e6
+    latency_us = a.grid_barrier_us + a.persistent_step_latency_us
+    bound = "compute" if compute_us >= memory_us else "memory"
+    if latency_us > max(compute_us, memory_us):
+        bound = "latency"
+    return StepCost(max(compute_us, memory_us) + latency_us, flops, l2, hbm, 1, 0, bound)
+
+
 def persistent_forward_step(batch: int, hidden: int, dtype: str, training: bool, gpu: Gpu,
                             a: Assumptions) -> StepCost:
     g = persistent_geometry(hidden, dtype, gpu, a)
@@ -221,12 +233,7 @@ def persistent_forward_step(batch: int, hidden: int, dtype: str, training: bool,
     # Every block reads all of h_{t-1}; h_t and c_t are written once (and the gates, in training).
     l2 = g.blocks * batch * hidden * e + 2 * batch * hidden * e + (GATES * batch * hidden * e if training else 0)
     hbm = GATES * batch * hidden * e  # the hoisted projection's gates of step t, written long before
-    memory_us = (l2 / (gpu.l2_tbs * 1e12) + hbm / (gpu.hbm_tbs * 1e12)) * 1e6
-    latency_us = a.grid_barrier_us + a.persistent_step_latency_us
-    bound = "compute" if compute_us >= memory_us else "memory"
-    if latency_us > max(compute_us, memory_us):
-        bound = "latency"
-    return StepCost(max(compute_us, memory_us) + latency_us, recurrent_flops(batch, hidden), l2, hbm, 1, 0, bound)
+    return persistent_step_cost(compute_us, l2, hbm, recurrent_flops(batch, hidden), gpu, a)
 
 
 def persistent_backward_step(batch: int, hidden: int, dtype: str, gpu: Gpu, a: Assumptions) -> StepCost:
@@ -237,12 +244,7 @@ def persistent_backward_step(batch: int, hidden: int, dtype: str, gpu: Gpu, a: A
     # Every block reads all of dG_t; its own units' dG are written once; dh/dc stay in the block.
     l2 = g.blocks * batch * GATES * hidden * e + GATES * batch * hidden * e
     hbm = (GATES + 2) * batch * hidden * e  # the saved gates, c_t and c_{t-1} of this step; dL/dh_t from the output
-    memory_us = (l2 / (gpu.l2_tbs * 1e12) + hbm / (gpu.hbm_tbs * 1e12)) * 1e6
-    latency_us = a.grid_barrier_us + a.persistent_step_latency_us
-    bound = "compute" if compute_us >= memory_us else "memory"
-    if latency_us > max(compute_us, memory_us):
-        bound = "latency"
-    return StepCost(max(compute_us, memory_us) + latency_us, recurrent_flops(batch, hidden), l2, hbm, 1, 0, bound)
+    return persistent_step_cost(compute_us, l2, hbm, recurrent_flops(batch, hidden), gpu, a)
 
 
 # --- GEMMs on cuBLAS / cuDNN -------------------------------------------------------------------------

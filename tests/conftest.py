@@ -1,6 +1,10 @@
 """Shared fixtures: every test that takes `device` runs on the CPU and, where a GPU and the CUDA build
 exist, on CUDA too."""
 
+import importlib
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -31,3 +35,17 @@ def dynamo_graphs():
     torch._dynamo.utils.counters.clear()
     yield lambda: torch._dynamo.utils.counters["stats"]["unique_graphs"]
     torch._dynamo.reset()
+
+
+BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def import_benchmark(monkeypatch):
+    """import_benchmark(name): benchmarks/<name>.py as a module, with its folder on sys.path as the scripts
+    expect; afterwards every module imported from that folder is dropped, so the next test imports afresh."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS_DIR))
+    yield importlib.import_module
+    for name, module in list(sys.modules.items()):
+        if Path(getattr(module, "__file__", None) or "").parent == BENCHMARKS_DIR:
+            del sys.modules[name]

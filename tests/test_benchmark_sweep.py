@@ -5,24 +5,15 @@ agrees with itself about its columns, and produces positive speedups.
 """
 
 import csv
-import importlib
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture
-def sweep(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS_DIR))
-    module = importlib.import_module("sweep")
-    yield module
-    sys.modules.pop("sweep", None)
-    sys.modules.pop("lstm_workloads", None)
+def sweep(import_benchmark):
+    return import_benchmark("sweep")
 
 
 def test_sweep_writes_csv_json_and_png_with_positive_speedups(sweep, tmp_path):
@@ -78,15 +69,10 @@ def test_sweep_refuses_to_time_disagreeing_implementations(sweep, tmp_path, monk
     assert not any(tmp_path.iterdir())
 
 
-def test_gemm_efficiency_writes_throughputs_and_ratios(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(BENCHMARKS_DIR))
-    module = importlib.import_module("gemm_efficiency")
-    try:
-        result = module.main(["--seq-len", "3", "--batch", "2", "--hidden-size", "16", "--turns", "2",
-                              "--out", str(tmp_path)])
-    finally:
-        for name in ("gemm_efficiency", "sweep", "lstm_workloads"):
-            sys.modules.pop(name, None)
+def test_gemm_efficiency_writes_throughputs_and_ratios(import_benchmark, tmp_path):
+    module = import_benchmark("gemm_efficiency")
+    result = module.main(["--seq-len", "3", "--batch", "2", "--hidden-size", "16", "--turns", "2",
+                          "--out", str(tmp_path)])
     written = json.loads((tmp_path / "gemm_efficiency.json").read_text())
     assert written["best"] == result["best"] and written["hidden_size"] == 16
     for stat in ("best", "median"):

@@ -5,18 +5,14 @@ Timings are not checked beyond being positive and consistent with the ratios wri
 """
 
 import csv
-import importlib
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import lstm_ext
 
-BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--seq-len", "5", "--batch", "3", "--hidden-size", "8", "--input-size", "6", "--repeats", "2",
         "--warmup-time", "0", "--min-run-time", "0.001"]
 VARIANT_ROWS = ["lstm_ext forget_bias=1.0", "lstm_ext return_cell_states=True", "lstm_ext recurrent_dropout=0.25",
@@ -28,12 +24,8 @@ LOOP_ROWS = ["loop cell states (nn.LSTMCell)", "loop recurrent dropout (nn.LSTMC
 
 
 @pytest.fixture
-def variants(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS_DIR))
-    module = importlib.import_module("variants")
-    yield module
-    for name in ("variants", "sweep", "lstm_workloads"):
-        sys.modules.pop(name, None)
+def variants(import_benchmark):
+    return import_benchmark("variants")
 
 
 def read_results(paths):

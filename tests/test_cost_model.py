@@ -2,7 +2,6 @@
 are the script's output, the FLOP and byte counts follow their formulas, the printed ratios and crossovers
 agree with the times they come from, and the calibrated constants still reproduce their calibration."""
 
-import importlib
 import json
 import re
 import subprocess
@@ -16,11 +15,8 @@ SCRIPT = ROOT / "benchmarks" / "cost_model.py"
 
 
 @pytest.fixture
-def cm(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    module = importlib.import_module("cost_model")
-    yield module
-    sys.modules.pop("cost_model", None)
+def cm(import_benchmark):
+    return import_benchmark("cost_model")
 
 
 def run_script(*args):

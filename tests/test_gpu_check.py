@@ -5,7 +5,6 @@ measured against predicted ratios, the report, and the whole orchestration with 
 of the build, the tests, the sweep and the recurrence benchmark."""
 
 import dataclasses
-import importlib
 import json
 import os
 import subprocess
@@ -22,11 +21,8 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
 
 @pytest.fixture
-def gpu_check(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    module = importlib.import_module("gpu_check")
-    yield module
-    sys.modules.pop("gpu_check", None)
+def gpu_check(import_benchmark):
+    return import_benchmark("gpu_check")
 
 
 def by_name(steps):
