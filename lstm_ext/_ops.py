@@ -46,7 +46,16 @@ DIFFERENTIABLE_RESULTS = ("output", "h_n", "c_n", "cells")
 # The forward's leading arguments without a default: nn.LSTM's cell's. A call without the variants passes
 # only these, and the op fills in the rest (faster than passing them from Python).
 PLAIN_ARGS = sum(1 for a in lstm_layer_forward._schema.arguments if not a.has_default_value())
-assert all(a.has_default_value() for a in lstm_layer_forward._schema.arguments[PLAIN_ARGS:])
+assert all(a.has_default_value() and a.default_value in (None, 0.0)
+           for a in lstm_layer_forward._schema.arguments[PLAIN_ARGS:])
+
+
+def without_variants(args: tuple) -> tuple:
+    """The forward's arguments, cut to the first PLAIN_ARGS where every later one has its default (None, or
+    a rate of 0): what the op is given for nn.LSTM's cell."""
+    if all(v is None or (type(v) is float and v == 0.0) for v in args[PLAIN_ARGS:]):
+        return args[:PLAIN_ARGS]
+    return args
 
 
 def compiled_backends() -> tuple[str, ...]:

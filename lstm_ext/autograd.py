@@ -148,11 +148,7 @@ class LSTMFunction(torch.autograd.Function):
         inputs = (input, batch_sizes, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, h0, c0, reverse, training,
                   weight_peephole, layer_norm_weight_ih, layer_norm_weight_hh, layer_norm_weight_c, layer_norm_bias_c,
                   recurrent_mask, zoneout_cell_mask, zoneout_hidden_mask, zoneout_cell, zoneout_hidden)
-        if (weight_peephole is None and layer_norm_weight_ih is None and layer_norm_weight_hh is None
-                and layer_norm_weight_c is None and layer_norm_bias_c is None and recurrent_mask is None
-                and zoneout_cell_mask is None and zoneout_hidden_mask is None and zoneout_cell == 0.0
-                and zoneout_hidden == 0.0):
-            inputs = inputs[:_ops.PLAIN_ARGS]  # the op fills in its defaults faster than Python passes them
+        inputs = _ops.without_variants(inputs)  # the op fills in its defaults faster than Python passes them
         if torch._C._is_any_autocast_enabled():
             # The op's autocast kernel would cast what the context saves uncast: the Function runs in the
             # inputs' dtypes (the module routes autocast through the op itself).

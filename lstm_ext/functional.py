@@ -74,12 +74,12 @@ _TRAINING = ForwardArgs._fields.index("training")
 _CELLS = ForwardResults._fields.index("cells")
 
 
-def _layer(args: ForwardArgs, keep_cells: bool = False, plain: bool = False):
+def _layer(args: ForwardArgs, keep_cells: bool = False):
     """One (layer, direction): ``(output, h_n, c_n, cells)``. Eager calls keep the activations for a backward
     whenever a gradient may be asked for; a recorded program (torch.export, torch.jit.trace) keeps them when
     ``args.training`` (the module's mode) is set, so an eval() model records the inference op whatever the
     grad mode, as nn.LSTM's does. ``keep_cells``: the cell states are wanted (cells is None otherwise).
-    ``plain``: every variant argument has its default, and the op is given only the first PLAIN_ARGS."""
+    Without variants the op is given only nn.LSTM's arguments (_ops.without_variants)."""
     eager = not torch.compiler.is_compiling()
     if not eager:
         # torch.compile cannot trace an autograd.Function given one tensor in two places (hx = (zeros, zeros)):
@@ -89,7 +89,7 @@ def _layer(args: ForwardArgs, keep_cells: bool = False, plain: bool = False):
     elif torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0:
         output, h_n, c_n, cells = composite.layer(*args)  # torch.func and forward-mode AD see every op
         return output, h_n, c_n, cells if keep_cells else None
-    given = args[:_ops.PLAIN_ARGS] if plain else args
+    given = _ops.without_variants(args)
     needs_grad = torch.is_grad_enabled() and any([isinstance(t, Tensor) and t.requires_grad for t in given])
     jit_tracing = eager and torch._C._get_tracing_state() is not None
     if jit_tracing or torch.compiler.is_exporting():
@@ -215,21 +215,17 @@ def lstm(
             if not variants:
                 args = ForwardArgs(layer_input, batch_sizes, w[0], w[1], bias_ih, bias_hh, weight_hr, h0[index],
                                    c0[index], direction == 1, training)
-                output, h, c, _ = _layer(args, plain=True)
-                direction_outputs.append(output)
-                h_n.append(h)
-                c_n.append(c)
-                continue
-            rest = list(w[base + (1 if projected else 0):])
-            weight_peephole = rest.pop(0) if peephole else None
-            layer_norm_weights = rest if layer_norm else [None] * 4
-            cell_mask, hidden_mask = zoneout_masks[index] if zoneout_masks is not None else (None, None)
-            args = ForwardArgs(layer_input, batch_sizes, w[0], w[1], bias_ih, bias_hh, weight_hr, h0[index], c0[index],
-                               direction == 1, training, weight_peephole, *layer_norm_weights,
-                               recurrent_dropout_masks[index] if recurrent_dropout_masks is not None else None,
-                               as_time_major(cell_mask), as_time_major(hidden_mask),
-                               zoneout_cell if cell_mask is None else 0.0,
-                               zoneout_hidden if hidden_mask is None else 0.0)
+            else:
+                rest = list(w[base + (1 if projected else 0):])
+                weight_peephole = rest.pop(0) if peephole else None
+                layer_norm_weights = rest if layer_norm else [None] * 4
+                cell_mask, hidden_mask = zoneout_masks[index] if zoneout_masks is not None else (None, None)
+                args = ForwardArgs(layer_input, batch_sizes, w[0], w[1], bias_ih, bias_hh, weight_hr, h0[index],
+                                   c0[index], direction == 1, training, weight_peephole, *layer_norm_weights,
+                                   recurrent_dropout_masks[index] if recurrent_dropout_masks is not None else None,
+                                   as_time_major(cell_mask), as_time_major(hidden_mask),
+                                   zoneout_cell if cell_mask is None else 0.0,
+                                   zoneout_hidden if hidden_mask is None else 0.0)
             keep_cells = return_cell_states and layer == num_layers - 1
             output, h, c, cells = _layer(args, keep_cells)
             direction_outputs.append(output)
@@ -281,7 +277,5 @@ def lstm_cell(
                        None if cell_mask is None else cell_mask.unsqueeze(0),
                        None if hidden_mask is None else hidden_mask.unsqueeze(0),
                        zoneout_cell if cell_mask is None else 0.0, zoneout_hidden if hidden_mask is None else 0.0)
-    plain = (weight_peephole is None and layer_norm_weights is None and recurrent_mask is None
-             and zoneout_masks is None and not isinstance(zoneout, (tuple, list)) and zoneout == 0.0)
-    _, h, c, _ = _layer(args, plain=plain)
+    _, h, c, _ = _layer(args)
     return h, c
